@@ -1,0 +1,378 @@
+"""Generate the example models and the test fixture models for Switchyard.
+
+Writes, relative to this script's directory:
+
+  model_repository/                      (shipped examples)
+    simple/config.pbtxt, simple/1/model.onnx
+        INT32 [16] inputs INPUT0, INPUT1 -> OUTPUT0 = INPUT0 + INPUT1,
+        OUTPUT1 = INPUT0 - INPUT1 (max_batch_size 8)
+    simple_string/config.pbtxt, simple_string/1/model.onnx
+        the same on STRING tensors holding decimal integers
+        (Cast to INT32, Add/Sub, Cast back to STRING)
+    classifier/config.pbtxt, classifier/{1,2}/model.onnx
+        MLP 64 -> 128 -> 128 -> 10 with softmax; versions 1 and 2 carry
+        different random weights (max_batch_size 64, all versions served)
+    digits_cnn/config.pbtxt, digits_cnn/1/model.onnx
+        small CNN on a [1, 28, 28] image -> 10 class probabilities
+        (max_batch_size 16)
+
+  ../tests/fixtures/models/              (test fixtures)
+    identity_<type>/   Identity on INPUT0 [4] -> OUTPUT0 [4], max_batch_size 8,
+                       for bool, uint8, uint16, uint32, uint64, int8, int16,
+                       int32, int64, fp16, fp32, fp64 and string
+    add_sub_fp32/      FP32 add/sub on variable-length [-1] vectors,
+                       max_batch_size 0 (no batch dimension)
+    no_config_mlp/     copy of classifier version 1 with no config.pbtxt
+
+All weights are random (seeded numpy generators, He initialisation); they are
+not trained. Models use opset 13 and IR version 8. The output is
+deterministic: rerunning the script produces byte-identical files.
+
+Usage:
+    pip install onnx numpy
+    python model_repository/generate.py
+"""
+
+import os
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 13
+IR_VERSION = 8
+PRODUCER = "switchyard-model-generator"
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = HERE
+FIXTURE_DIR = os.path.normpath(os.path.join(HERE, "..", "tests", "fixtures", "models"))
+
+# Triton data type name -> ONNX element type.
+TRITON_TO_ONNX = {
+    "TYPE_BOOL": TensorProto.BOOL,
+    "TYPE_UINT8": TensorProto.UINT8,
+    "TYPE_UINT16": TensorProto.UINT16,
+    "TYPE_UINT32": TensorProto.UINT32,
+    "TYPE_UINT64": TensorProto.UINT64,
+    "TYPE_INT8": TensorProto.INT8,
+    "TYPE_INT16": TensorProto.INT16,
+    "TYPE_INT32": TensorProto.INT32,
+    "TYPE_INT64": TensorProto.INT64,
+    "TYPE_FP16": TensorProto.FLOAT16,
+    "TYPE_FP32": TensorProto.FLOAT,
+    "TYPE_FP64": TensorProto.DOUBLE,
+    "TYPE_STRING": TensorProto.STRING,
+}
+
+BATCH = "batch"
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+def make_model(graph):
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name=PRODUCER,
+        producer_version="1",
+    )
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+def save_model(model, path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    data = model.SerializeToString(deterministic=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def write_text(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+
+
+def tensor_block(name, data_type, dims):
+    dims_text = ", ".join(str(d) for d in dims)
+    return (
+        "  {\n"
+        f'    name: "{name}"\n'
+        f"    data_type: {data_type}\n"
+        f"    dims: [ {dims_text} ]\n"
+        "  }"
+    )
+
+
+def config_pbtxt(name, max_batch_size, inputs, outputs, version_policy_all=False):
+    """Render a config.pbtxt in the style of Triton's documentation.
+
+    inputs / outputs are lists of (name, triton_type, dims).
+    """
+    lines = [
+        f'name: "{name}"',
+        'platform: "onnxruntime_onnx"',
+        f"max_batch_size: {max_batch_size}",
+    ]
+    if version_policy_all:
+        lines.append("version_policy: { all: {} }")
+    lines.append("input [")
+    lines.append(",\n".join(tensor_block(*t) for t in inputs))
+    lines.append("]")
+    lines.append("output [")
+    lines.append(",\n".join(tensor_block(*t) for t in outputs))
+    lines.append("]")
+    lines.append("instance_group [ { count: 1, kind: KIND_CPU } ]")
+    return "\n".join(lines) + "\n"
+
+
+def onnx_shape(max_batch_size, dims, var_name="n"):
+    """ONNX shape for a Triton tensor: a symbolic leading batch dimension when
+    batching is enabled; -1 in Triton dims becomes a symbolic dimension."""
+    shape = [BATCH] if max_batch_size > 0 else []
+    for d in dims:
+        shape.append(var_name if d == -1 else d)
+    return shape
+
+
+def he_normal(rng, shape, fan_in):
+    return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+
+def small_bias(rng, n):
+    return (rng.uniform(-0.05, 0.05, size=n)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Shipped models
+# ---------------------------------------------------------------------------
+
+def build_add_sub(graph_name, elem_type, max_batch_size, dims):
+    """OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1."""
+    shape = onnx_shape(max_batch_size, dims)
+    inputs = [
+        helper.make_tensor_value_info("INPUT0", elem_type, shape),
+        helper.make_tensor_value_info("INPUT1", elem_type, shape),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("OUTPUT0", elem_type, shape),
+        helper.make_tensor_value_info("OUTPUT1", elem_type, shape),
+    ]
+    nodes = [
+        helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"], name="add"),
+        helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"], name="sub"),
+    ]
+    return make_model(helper.make_graph(nodes, graph_name, inputs, outputs))
+
+
+def build_simple():
+    return build_add_sub("simple", TensorProto.INT32, 8, [16])
+
+
+def build_simple_string():
+    shape = onnx_shape(8, [16])
+    inputs = [
+        helper.make_tensor_value_info("INPUT0", TensorProto.STRING, shape),
+        helper.make_tensor_value_info("INPUT1", TensorProto.STRING, shape),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("OUTPUT0", TensorProto.STRING, shape),
+        helper.make_tensor_value_info("OUTPUT1", TensorProto.STRING, shape),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["INPUT0"], ["in0_i32"], name="parse0", to=TensorProto.INT32),
+        helper.make_node("Cast", ["INPUT1"], ["in1_i32"], name="parse1", to=TensorProto.INT32),
+        helper.make_node("Add", ["in0_i32", "in1_i32"], ["sum_i32"], name="add"),
+        helper.make_node("Sub", ["in0_i32", "in1_i32"], ["diff_i32"], name="sub"),
+        helper.make_node("Cast", ["sum_i32"], ["OUTPUT0"], name="format0", to=TensorProto.STRING),
+        helper.make_node("Cast", ["diff_i32"], ["OUTPUT1"], name="format1", to=TensorProto.STRING),
+    ]
+    return make_model(helper.make_graph(nodes, "simple_string", inputs, outputs))
+
+
+def build_classifier(seed):
+    rng = np.random.default_rng(seed)
+    sizes = [64, 128, 128, 10]
+    initializers = []
+    nodes = []
+    prev = "features"
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w_name, b_name = f"fc{i + 1}.weight", f"fc{i + 1}.bias"
+        # Stored as [out, in] and applied with transB=1.
+        initializers.append(numpy_helper.from_array(he_normal(rng, (fan_out, fan_in), fan_in), w_name))
+        initializers.append(numpy_helper.from_array(small_bias(rng, fan_out), b_name))
+        out = f"fc{i + 1}"
+        nodes.append(helper.make_node("Gemm", [prev, w_name, b_name], [out], name=out, transB=1))
+        prev = out
+        if i < len(sizes) - 2:
+            relu = f"relu{i + 1}"
+            nodes.append(helper.make_node("Relu", [prev], [relu], name=relu))
+            prev = relu
+    nodes.append(helper.make_node("Softmax", [prev], ["probabilities"], name="softmax", axis=-1))
+    graph = helper.make_graph(
+        nodes,
+        "classifier",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [BATCH, 64])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [BATCH, 10])],
+        initializer=initializers,
+    )
+    return make_model(graph)
+
+
+def build_digits_cnn(seed):
+    rng = np.random.default_rng(seed)
+    init = []
+
+    def add(name, array):
+        init.append(numpy_helper.from_array(array, name))
+        return name
+
+    conv1_w = add("conv1.weight", he_normal(rng, (8, 1, 3, 3), 1 * 3 * 3))
+    conv1_b = add("conv1.bias", small_bias(rng, 8))
+    conv2_w = add("conv2.weight", he_normal(rng, (16, 8, 3, 3), 8 * 3 * 3))
+    conv2_b = add("conv2.bias", small_bias(rng, 16))
+    fc1_w = add("fc1.weight", he_normal(rng, (32, 784), 784))
+    fc1_b = add("fc1.bias", small_bias(rng, 32))
+    fc2_w = add("fc2.weight", he_normal(rng, (10, 32), 32))
+    fc2_b = add("fc2.bias", small_bias(rng, 10))
+
+    conv = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1])
+    pool = dict(kernel_shape=[2, 2], strides=[2, 2])
+    nodes = [
+        helper.make_node("Conv", ["image", conv1_w, conv1_b], ["conv1"], name="conv1", **conv),
+        helper.make_node("Relu", ["conv1"], ["relu1"], name="relu1"),
+        helper.make_node("MaxPool", ["relu1"], ["pool1"], name="pool1", **pool),   # [N, 8, 14, 14]
+        helper.make_node("Conv", ["pool1", conv2_w, conv2_b], ["conv2"], name="conv2", **conv),
+        helper.make_node("Relu", ["conv2"], ["relu2"], name="relu2"),
+        helper.make_node("MaxPool", ["relu2"], ["pool2"], name="pool2", **pool),   # [N, 16, 7, 7]
+        helper.make_node("Flatten", ["pool2"], ["flat"], name="flatten", axis=1),  # [N, 784]
+        helper.make_node("Gemm", ["flat", fc1_w, fc1_b], ["fc1"], name="fc1", transB=1),
+        helper.make_node("Relu", ["fc1"], ["relu3"], name="relu3"),
+        helper.make_node("Gemm", ["relu3", fc2_w, fc2_b], ["logits"], name="fc2", transB=1),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], name="softmax", axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "digits_cnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [BATCH, 1, 28, 28])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [BATCH, 10])],
+        initializer=init,
+    )
+    return make_model(graph)
+
+
+# ---------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------
+
+def build_identity(suffix, triton_type):
+    elem = TRITON_TO_ONNX[triton_type]
+    shape = onnx_shape(8, [4])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"], name="identity")],
+        f"identity_{suffix}",
+        [helper.make_tensor_value_info("INPUT0", elem, shape)],
+        [helper.make_tensor_value_info("OUTPUT0", elem, shape)],
+    )
+    return make_model(graph)
+
+
+IDENTITY_TYPES = [
+    ("bool", "TYPE_BOOL"),
+    ("uint8", "TYPE_UINT8"),
+    ("uint16", "TYPE_UINT16"),
+    ("uint32", "TYPE_UINT32"),
+    ("uint64", "TYPE_UINT64"),
+    ("int8", "TYPE_INT8"),
+    ("int16", "TYPE_INT16"),
+    ("int32", "TYPE_INT32"),
+    ("int64", "TYPE_INT64"),
+    ("fp16", "TYPE_FP16"),
+    ("fp32", "TYPE_FP32"),
+    ("fp64", "TYPE_FP64"),
+    ("string", "TYPE_STRING"),
+]
+
+CLASSIFIER_SEEDS = {1: 1001, 2: 2002}
+DIGITS_CNN_SEED = 3003
+
+
+def add_sub_config(name, triton_type, max_batch_size, dims):
+    io = lambda names: [(n, triton_type, dims) for n in names]
+    return config_pbtxt(name, max_batch_size, io(["INPUT0", "INPUT1"]), io(["OUTPUT0", "OUTPUT1"]))
+
+
+def main():
+    written = []
+
+    def emit_model(model, *parts):
+        path = os.path.join(*parts)
+        save_model(model, path)
+        written.append(path)
+
+    def emit_config(text, *parts):
+        path = os.path.join(*parts)
+        write_text(path, text)
+        written.append(path)
+
+    # -- shipped models -----------------------------------------------------
+    emit_model(build_simple(), REPO_DIR, "simple", "1", "model.onnx")
+    emit_config(add_sub_config("simple", "TYPE_INT32", 8, [16]), REPO_DIR, "simple", "config.pbtxt")
+
+    emit_model(build_simple_string(), REPO_DIR, "simple_string", "1", "model.onnx")
+    emit_config(add_sub_config("simple_string", "TYPE_STRING", 8, [16]),
+                REPO_DIR, "simple_string", "config.pbtxt")
+
+    classifier_v1 = None
+    for version, seed in sorted(CLASSIFIER_SEEDS.items()):
+        model = build_classifier(seed)
+        if version == 1:
+            classifier_v1 = model
+        emit_model(model, REPO_DIR, "classifier", str(version), "model.onnx")
+    emit_config(
+        config_pbtxt(
+            "classifier", 64,
+            [("features", "TYPE_FP32", [64])],
+            [("probabilities", "TYPE_FP32", [10])],
+            version_policy_all=True,
+        ),
+        REPO_DIR, "classifier", "config.pbtxt",
+    )
+
+    emit_model(build_digits_cnn(DIGITS_CNN_SEED), REPO_DIR, "digits_cnn", "1", "model.onnx")
+    emit_config(
+        config_pbtxt(
+            "digits_cnn", 16,
+            [("image", "TYPE_FP32", [1, 28, 28])],
+            [("probabilities", "TYPE_FP32", [10])],
+        ),
+        REPO_DIR, "digits_cnn", "config.pbtxt",
+    )
+
+    # -- fixtures -------------------------------------------------------------
+    for suffix, triton_type in IDENTITY_TYPES:
+        name = f"identity_{suffix}"
+        emit_model(build_identity(suffix, triton_type), FIXTURE_DIR, name, "1", "model.onnx")
+        emit_config(
+            config_pbtxt(name, 8, [("INPUT0", triton_type, [4])], [("OUTPUT0", triton_type, [4])]),
+            FIXTURE_DIR, name, "config.pbtxt",
+        )
+
+    emit_model(build_add_sub("add_sub_fp32", TensorProto.FLOAT, 0, [-1]),
+               FIXTURE_DIR, "add_sub_fp32", "1", "model.onnx")
+    emit_config(add_sub_config("add_sub_fp32", "TYPE_FP32", 0, [-1]),
+                FIXTURE_DIR, "add_sub_fp32", "config.pbtxt")
+
+    # Same bytes as classifier version 1, deliberately without a config.pbtxt.
+    emit_model(classifier_v1, FIXTURE_DIR, "no_config_mlp", "1", "model.onnx")
+
+    root = os.path.dirname(REPO_DIR)
+    for path in written:
+        print(os.path.relpath(path, root))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+//! The composition root: builds the registry, loads models as the control mode says, serves gRPC on
+//! an already-bound listener, and on shutdown stops accepting, lets in-flight requests finish within
+//! the exit timeout, then drops every model.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::config::{ModelControlMode, Settings};
+use crate::executor::cpu::OnnxCpu;
+use crate::grpc;
+use crate::registry::{Registry, lifecycle};
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("model repository {path}: {source}")]
+    Repository {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the listener's address: {0}")]
+    Listener(#[source] std::io::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Builds the registry and loads the models that the control mode asks for at start-up.
+pub async fn load_registry(settings: &Settings) -> Result<Arc<Registry>, AppError> {
+    let registry = Arc::new(Registry::new(
+        settings.model_repository.clone(),
+        Arc::new(OnnxCpu),
+    ));
+    let names = match settings.model_control_mode {
+        ModelControlMode::None => None,
+        ModelControlMode::Explicit => Some(settings.load_model.as_slice()),
+    };
+    lifecycle::load_all(&registry, names)
+        .await
+        .map_err(|source| AppError::Repository {
+            path: settings.model_repository.display().to_string(),
+            source,
+        })?;
+    Ok(registry)
+}
+
+/// Runs the server on `listener` until `shutdown` resolves.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let registry = load_registry(&settings).await?;
+    let ready = Arc::new(AtomicBool::new(true));
+    let addr = listener.local_addr().map_err(AppError::Listener)?;
+    let models = registry.models().len();
+    info!(service = "grpc", addr = %addr, models, "listening");
+
+    let (begun, begun_rx) = oneshot::channel::<()>();
+    let flag = Arc::clone(&ready);
+    let shutdown = async move {
+        shutdown.await;
+        info!("shutting down: no longer accepting, finishing in-flight requests");
+        flag.store(false, Ordering::Release);
+        let _ = begun.send(());
+    };
+    let context = grpc::Context {
+        registry: Arc::clone(&registry),
+        control_mode: settings.model_control_mode,
+        ready,
+    };
+    let exit_timeout = Duration::from_secs(settings.exit_timeout_secs);
+    let serve = grpc::serve(context, &settings, listener, shutdown);
+    tokio::pin!(serve);
+    tokio::select! {
+        served = &mut serve => served?,
+        _ = async {
+            if begun_rx.await.is_ok() {
+                tokio::time::sleep(exit_timeout).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            warn!(timeout_secs = settings.exit_timeout_secs, "exit timeout passed with requests still in flight");
+        }
+    }
+    drop(registry);
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! Command implementations behind `main`: flag definitions and the thin glue that runs them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use tokio::net::TcpListener;
+
+use switchyard::config::{Override, Settings};
+use switchyard::registry::VersionState;
+
+/// Flags of `switchyard serve`, named as `tritonserver` names them where the meaning is the same.
+/// Each overrides the settings file and the `SWITCHYARD_*` environment.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A settings file (YAML or TOML) read before the environment and these flags.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The model repository directory [default: model_repository].
+    #[arg(long)]
+    model_repository: Option<PathBuf>,
+    /// Address to bind the gRPC server to [default: 0.0.0.0].
+    #[arg(long)]
+    grpc_address: Option<String>,
+    /// gRPC port; 0 picks a free port and logs it [default: 8001].
+    #[arg(long)]
+    grpc_port: Option<u16>,
+    /// HTTP port [default: 8000] (the HTTP endpoint is not served yet).
+    #[arg(long)]
+    http_port: Option<u16>,
+    /// Metrics port [default: 8002] (metrics are not served yet).
+    #[arg(long)]
+    metrics_port: Option<u16>,
+    /// Model control mode: none or explicit [default: none].
+    #[arg(long)]
+    model_control_mode: Option<String>,
+    /// A model to load at start-up in explicit mode (repeatable; `*` for all).
+    #[arg(long)]
+    load_model: Vec<String>,
+    /// Seconds in-flight requests get to finish at shutdown [default: 30].
+    #[arg(long)]
+    exit_timeout_secs: Option<u64>,
+    /// Largest gRPC message accepted or sent, in bytes [default: 67108864].
+    #[arg(long)]
+    grpc_max_message_bytes: Option<u64>,
+    /// Log format: text or json [default: text].
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+impl ServeArgs {
+    /// The flags that were given, as setting overrides.
+    pub fn overrides(&self) -> Vec<Override> {
+        let mut out: Vec<Override> = Vec::new();
+        let mut set = |key: &'static str, value: Option<config::Value>| {
+            if let Some(value) = value {
+                out.push((key, value));
+            }
+        };
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string().into());
+        set("model_repository", path(&self.model_repository));
+        set("grpc_address", self.grpc_address.clone().map(Into::into));
+        set("grpc_port", self.grpc_port.map(|v| u64::from(v).into()));
+        set("http_port", self.http_port.map(|v| u64::from(v).into()));
+        set(
+            "metrics_port",
+            self.metrics_port.map(|v| u64::from(v).into()),
+        );
+        set(
+            "model_control_mode",
+            self.model_control_mode.clone().map(Into::into),
+        );
+        set("exit_timeout_secs", self.exit_timeout_secs.map(Into::into));
+        set(
+            "grpc_max_message_bytes",
+            self.grpc_max_message_bytes.map(Into::into),
+        );
+        set("log_format", self.log_format.clone().map(Into::into));
+        if !self.load_model.is_empty() {
+            set("load_model", Some(self.load_model.clone().into()));
+        }
+        out
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// `switchyard serve`.
+pub fn serve(settings: Settings) -> ExitCode {
+    switchyard::telemetry::init_logging(settings.log_format, &settings.log_filter);
+    let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async {
+            let addr = format!("{}:{}", settings.grpc_address, settings.grpc_port);
+            let listener = TcpListener::bind(&addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            switchyard::app::run(settings, listener, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            eprintln!("switchyard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// `switchyard repo check DIR`: loads everything, prints a line per model and version, and exits
+/// non-zero when any model or version would not serve.
+pub fn repo_check(dir: PathBuf) -> ExitCode {
+    let settings = Settings {
+        model_repository: dir,
+        ..Settings::default()
+    };
+    let outcome = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(switchyard::app::load_registry(&settings))
+            .map_err(|e| e.to_string())
+    });
+    let registry = match outcome {
+        Ok(registry) => registry,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut failures = 0;
+    for model in registry.models() {
+        let snapshot = model.snapshot();
+        if snapshot.versions.is_empty() {
+            failures += 1;
+            println!("{}: UNAVAILABLE: {}", model.name, snapshot.reason);
+            continue;
+        }
+        for (version, status) in &snapshot.versions {
+            if status.state == VersionState::Ready {
+                let schema = status.serving.as_ref().map(|v| &v.schema);
+                let io = schema.map(describe_io).unwrap_or_default();
+                println!("{} version {version}: READY {io}", model.name);
+            } else {
+                failures += 1;
+                println!(
+                    "{} version {version}: {}: {}",
+                    model.name,
+                    status.state.as_str(),
+                    status.reason
+                );
+            }
+        }
+    }
+    if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn describe_io(schema: &std::sync::Arc<switchyard::schema::ModelSchema>) -> String {
+    let list = |specs: &[switchyard::schema::IoSpec]| {
+        specs
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {}{}",
+                    s.name,
+                    s.datatype,
+                    switchyard::tensor::format_shape(&schema.client_shape(s))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("({} -> {})", list(&schema.inputs), list(&schema.outputs))
+}
+
+/// `switchyard perf`: a table per level on stdout (and JSON with --json); setup failures exit 1.
+pub fn perf(args: switchyard::perf::PerfArgs) -> ExitCode {
+    let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(switchyard::perf::main_with(args))
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard perf: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

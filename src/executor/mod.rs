@@ -1,0 +1,53 @@
+//! Model execution. A `Backend` turns a model file into a `LoadedModel` (weights and plan, shared),
+//! which creates one `Instance` per configured instance; each instance runs on its own OS thread
+//! behind a `Runner`, never on the async runtime.
+
+pub mod cpu;
+pub mod runner;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::proto::inference::ModelConfig;
+use crate::schema::ModelSchema;
+use crate::tensor::Tensor;
+
+pub use runner::Runner;
+
+/// A model-file format and the hardware it runs on.
+pub trait Backend: Send + Sync {
+    /// Short name for logs and reasons (`"onnx-cpu"`).
+    fn name(&self) -> &'static str;
+
+    /// Completes a configuration from the model file, for models shipped without `config.pbtxt`.
+    fn complete_config(&self, model: &str, model_file: &Path) -> Result<ModelConfig, String>;
+
+    /// Loads one version's model file against its checked schema.
+    fn load(
+        &self,
+        schema: &Arc<ModelSchema>,
+        model_file: &Path,
+    ) -> Result<Arc<dyn LoadedModel>, String>;
+}
+
+/// A loaded model version, shared by its instances.
+pub trait LoadedModel: Send + Sync {
+    /// Creates one execution instance (its own run state and scratch memory).
+    fn instance(&self) -> Result<Box<dyn Instance>, String>;
+}
+
+/// One execution context; owned by exactly one thread.
+pub trait Instance: Send {
+    /// Runs the model on inputs in schema order (`None` for an absent optional input) and returns
+    /// every output, in schema order, named and shaped as the client will see them.
+    fn execute(&mut self, inputs: Vec<Option<Tensor>>) -> Result<Vec<Tensor>, ExecError>;
+}
+
+/// Why an execution produced no outputs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecError {
+    /// The inputs passed the schema but this backend cannot take them (e.g. non-UTF-8 strings).
+    Input(String),
+    /// The model failed (or panicked) while running.
+    Failed(String),
+}

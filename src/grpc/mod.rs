@@ -1,0 +1,74 @@
+//! The gRPC frontend: Triton's `inference.GRPCInferenceService`, `grpc.health.v1` and server
+//! reflection. Only this module (and the generated code) touches tonic and prost types.
+
+mod convert;
+mod service;
+mod statistics;
+mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+use crate::config::{ModelControlMode, Settings};
+pub use crate::proto::inference as pb;
+use crate::registry::Registry;
+pub use service::InferenceService;
+
+use pb::grpc_inference_service_server::GrpcInferenceServiceServer;
+
+/// What the gRPC services need from the rest of the server.
+pub struct Context {
+    pub registry: Arc<Registry>,
+    pub control_mode: ModelControlMode,
+    /// False until start-up loading is done, and again once shutdown begins.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Serves on an already-bound listener until `shutdown` resolves, then stops accepting and lets
+/// in-flight calls finish.
+pub async fn serve(
+    context: Context,
+    settings: &Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<GrpcInferenceServiceServer<InferenceService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| unreachable_reflection(&e));
+    let limit = settings.grpc_max_message_bytes;
+    let inference = GrpcInferenceServiceServer::new(InferenceService::new(context))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let shutdown = async move {
+        shutdown.await;
+        health
+            .set_not_serving::<GrpcInferenceServiceServer<InferenceService>>()
+            .await;
+    };
+    let mut router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(inference);
+    if let Ok(reflection) = reflection {
+        router = router.add_service(reflection);
+    }
+    router
+        // Replies are small and latency-bound: send them without Nagle's delay.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+}
+
+fn unreachable_reflection(e: &tonic_reflection::server::Error) {
+    tracing::warn!(error = %e, "server reflection is disabled: the descriptor set did not register");
+}

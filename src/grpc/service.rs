@@ -1,0 +1,349 @@
+//! `inference.GRPCInferenceService`: health, metadata, configuration, inference (unary and
+//! streaming), repository control and statistics. Each handler decodes, calls the core, encodes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::ModelControlMode;
+use crate::error::Error;
+use crate::registry::{ModelSnapshot, lifecycle};
+use crate::schema::ModelSchema;
+
+use super::pb::grpc_inference_service_server::GrpcInferenceService;
+use super::pb::model_metadata_response::TensorMetadata;
+use super::pb::repository_index_response::ModelIndex;
+use super::pb::*;
+use super::{Context, convert, statistics};
+
+/// Requests of one stream processed at once; answers still leave in request order.
+const STREAM_CONCURRENCY: usize = 16;
+
+/// The Triton-compatible inference service.
+#[derive(Clone)]
+pub struct InferenceService {
+    context: Arc<Context>,
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+impl InferenceService {
+    /// Wraps the shared context.
+    pub fn new(context: Context) -> InferenceService {
+        InferenceService {
+            context: Arc::new(context),
+        }
+    }
+
+    async fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, Error> {
+        let request = convert::infer_request(request)?;
+        let version = self
+            .context
+            .registry
+            .pick(&request.model_name, &request.model_version)?;
+        let response = version.infer(request).await?;
+        Ok(convert::infer_response(response))
+    }
+
+    fn require_explicit(&self) -> Result<(), Error> {
+        match self.context.control_mode {
+            ModelControlMode::Explicit => Ok(()),
+            ModelControlMode::None => Err(Error::Unavailable(
+                "explicit model load / unload is not allowed: the server runs with \
+                 --model-control-mode none; start it with --model-control-mode explicit"
+                    .into(),
+            )),
+        }
+    }
+}
+
+fn tensor_metadata(schema: &ModelSchema, outputs: bool) -> Vec<TensorMetadata> {
+    let specs = if outputs {
+        &schema.outputs
+    } else {
+        &schema.inputs
+    };
+    specs
+        .iter()
+        .map(|spec| TensorMetadata {
+            name: spec.name.clone(),
+            datatype: spec.datatype.protocol_name().to_string(),
+            shape: schema.client_shape(spec),
+        })
+        .collect()
+}
+
+fn unimplemented<T>(what: &str) -> Reply<T> {
+    Err(Status::unimplemented(format!(
+        "{what} is not supported by this server"
+    )))
+}
+
+/// One RepositoryIndex entry per version, or one for the model when it has none.
+fn index_entries(name: &str, snapshot: &ModelSnapshot) -> Vec<ModelIndex> {
+    if snapshot.versions.is_empty() {
+        return vec![ModelIndex {
+            name: name.to_string(),
+            version: String::new(),
+            state: "UNAVAILABLE".into(),
+            reason: snapshot.reason.clone(),
+        }];
+    }
+    snapshot
+        .versions
+        .iter()
+        .map(|(version, status)| ModelIndex {
+            name: name.to_string(),
+            version: version.to_string(),
+            state: status.state.as_str().into(),
+            reason: status.reason.clone(),
+        })
+        .collect()
+}
+
+type InferStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Reply<ServerLiveResponse> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Reply<ServerReadyResponse> {
+        let ready = self.context.ready.load(Ordering::Acquire);
+        Ok(Response::new(ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Reply<ModelReadyResponse> {
+        let request = request.into_inner();
+        let ready = self
+            .context
+            .registry
+            .pick(&request.name, &request.version)
+            .is_ok();
+        Ok(Response::new(ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Reply<ServerMetadataResponse> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "switchyard".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: ["model_repository", "model_configuration", "statistics"]
+                .map(String::from)
+                .to_vec(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Reply<ModelMetadataResponse> {
+        let request = request.into_inner();
+        let model = self.context.registry.get(&request.name)?;
+        let snapshot = model.snapshot();
+        let version = model.pick(&request.version)?;
+        Ok(Response::new(ModelMetadataResponse {
+            name: model.name.clone(),
+            versions: snapshot
+                .ready_versions()
+                .map(|v| v.label().to_string())
+                .collect(),
+            platform: snapshot
+                .config
+                .as_ref()
+                .map(|c| c.platform.clone())
+                .unwrap_or_default(),
+            inputs: tensor_metadata(&version.schema, false),
+            outputs: tensor_metadata(&version.schema, true),
+        }))
+    }
+
+    async fn model_infer(&self, request: Request<ModelInferRequest>) -> Reply<ModelInferResponse> {
+        Ok(Response::new(self.infer(request.into_inner()).await?))
+    }
+
+    type ModelStreamInferStream = InferStream;
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<ModelInferRequest>>,
+    ) -> Reply<Self::ModelStreamInferStream> {
+        let service = self.clone();
+        let answers = request
+            .into_inner()
+            .take_while(|r| std::future::ready(r.is_ok()))
+            .filter_map(|r| std::future::ready(r.ok()))
+            .map(move |request| {
+                let service = service.clone();
+                async move {
+                    let (id, model) = (request.id.clone(), request.model_name.clone());
+                    let answer = match service.infer(request).await {
+                        Ok(response) => ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(response),
+                        },
+                        Err(e) => ModelStreamInferResponse {
+                            error_message: e.to_string(),
+                            infer_response: Some(ModelInferResponse {
+                                model_name: model,
+                                id,
+                                ..Default::default()
+                            }),
+                        },
+                    };
+                    Ok(answer)
+                }
+            })
+            .buffered(STREAM_CONCURRENCY);
+        Ok(Response::new(Box::pin(answers)))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<ModelConfigRequest>,
+    ) -> Reply<ModelConfigResponse> {
+        let request = request.into_inner();
+        let model = self.context.registry.get(&request.name)?;
+        if !request.version.is_empty() {
+            model.pick(&request.version)?;
+        }
+        let config = model.snapshot().config.as_deref().cloned();
+        match config {
+            Some(config) => Ok(Response::new(ModelConfigResponse {
+                config: Some(config),
+            })),
+            None => Err(Error::NotReady {
+                model: request.name,
+                reason: model.snapshot().reason.clone(),
+            }
+            .into()),
+        }
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<ModelStatisticsRequest>,
+    ) -> Reply<ModelStatisticsResponse> {
+        let request = request.into_inner();
+        let stats = statistics::collect(&self.context.registry, &request.name, &request.version)?;
+        Ok(Response::new(ModelStatisticsResponse {
+            model_stats: stats,
+        }))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<RepositoryIndexRequest>,
+    ) -> Reply<RepositoryIndexResponse> {
+        let request = request.into_inner();
+        let registry = Arc::clone(&self.context.registry);
+        let on_disk = tokio::task::spawn_blocking(move || {
+            crate::repository::scan(registry.root()).map(|m| m.into_keys().collect::<Vec<_>>())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .unwrap_or_default();
+        let mut models = Vec::new();
+        for model in self.context.registry.models() {
+            models.extend(index_entries(&model.name, &model.snapshot()));
+        }
+        for name in on_disk {
+            if self.context.registry.get(&name).is_err() {
+                models.push(ModelIndex {
+                    name,
+                    version: String::new(),
+                    state: "UNAVAILABLE".into(),
+                    reason: "not loaded".into(),
+                });
+            }
+        }
+        if request.ready {
+            models.retain(|m| m.state == "READY");
+        }
+        models.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<RepositoryModelLoadRequest>,
+    ) -> Reply<RepositoryModelLoadResponse> {
+        self.require_explicit()?;
+        let request = request.into_inner();
+        if !request.parameters.is_empty() {
+            let keys: Vec<&String> = request.parameters.keys().collect();
+            return Err(Status::unimplemented(format!(
+                "load parameters {keys:?} for model '{}' are not supported yet",
+                request.model_name
+            )));
+        }
+        lifecycle::load_model(&self.context.registry, &request.model_name).await?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<RepositoryModelUnloadRequest>,
+    ) -> Reply<RepositoryModelUnloadResponse> {
+        self.require_explicit()?;
+        let request = request.into_inner();
+        lifecycle::unload_model(&self.context.registry, &request.model_name)?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
+    }
+
+    async fn system_shared_memory_status(
+        &self,
+        _: Request<SystemSharedMemoryStatusRequest>,
+    ) -> Reply<SystemSharedMemoryStatusResponse> {
+        unimplemented("system shared memory")
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        _: Request<SystemSharedMemoryRegisterRequest>,
+    ) -> Reply<SystemSharedMemoryRegisterResponse> {
+        unimplemented("system shared memory")
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        _: Request<SystemSharedMemoryUnregisterRequest>,
+    ) -> Reply<SystemSharedMemoryUnregisterResponse> {
+        unimplemented("system shared memory")
+    }
+
+    async fn cuda_shared_memory_status(
+        &self,
+        _: Request<CudaSharedMemoryStatusRequest>,
+    ) -> Reply<CudaSharedMemoryStatusResponse> {
+        unimplemented("CUDA shared memory")
+    }
+
+    async fn cuda_shared_memory_register(
+        &self,
+        _: Request<CudaSharedMemoryRegisterRequest>,
+    ) -> Reply<CudaSharedMemoryRegisterResponse> {
+        unimplemented("CUDA shared memory")
+    }
+
+    async fn cuda_shared_memory_unregister(
+        &self,
+        _: Request<CudaSharedMemoryUnregisterRequest>,
+    ) -> Reply<CudaSharedMemoryUnregisterResponse> {
+        unimplemented("CUDA shared memory")
+    }
+
+    async fn trace_setting(&self, _: Request<TraceSettingRequest>) -> Reply<TraceSettingResponse> {
+        unimplemented("trace settings")
+    }
+
+    async fn log_settings(&self, _: Request<LogSettingsRequest>) -> Reply<LogSettingsResponse> {
+        unimplemented("log settings")
+    }
+}

@@ -1,0 +1,19 @@
+//! The one place where the crate's errors become gRPC statuses.
+
+use tonic::{Code as GrpcCode, Status};
+
+use crate::error::{Code, Error};
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        let code = match error.code() {
+            Code::InvalidArgument => GrpcCode::InvalidArgument,
+            Code::NotFound => GrpcCode::NotFound,
+            Code::Unavailable => GrpcCode::Unavailable,
+            Code::ResourceExhausted => GrpcCode::ResourceExhausted,
+            Code::Internal => GrpcCode::Internal,
+            Code::Unimplemented => GrpcCode::Unimplemented,
+        };
+        Status::new(code, error.to_string())
+    }
+}

@@ -1,0 +1,117 @@
+//! Turns a repository directory into the desired state: which models exist, their configurations
+//! (or why a configuration is invalid), and which version directories hold model files. Pure
+//! reading of small files; nothing is loaded here.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::proto::inference::ModelConfig;
+use crate::proto::inference::model_version_policy::PolicyChoice;
+
+use super::model_config::{self, CONFIG_FILE, DEFAULT_MODEL_FILENAME};
+
+/// A model directory as found on disk.
+#[derive(Debug, Clone)]
+pub struct ModelSource {
+    pub name: String,
+    pub dir: PathBuf,
+    /// The parsed configuration; `None` when the model has no `config.pbtxt`, in which case the
+    /// backend completes one from the model file at load time.
+    pub config: Option<ModelConfig>,
+    /// Every numeric version directory, with the path of its model file.
+    pub versions: BTreeMap<u64, PathBuf>,
+}
+
+/// The result of reading one model directory: a source, or the reason it cannot serve.
+pub type ScannedModel = Result<ModelSource, String>;
+
+/// Reads every model directory under `root`. Only the root itself failing to read is an error;
+/// a bad model is recorded with its reason.
+pub fn scan(root: &Path) -> std::io::Result<BTreeMap<String, ScannedModel>> {
+    let mut models = BTreeMap::new();
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !entry.path().is_dir() {
+            continue;
+        }
+        models.insert(name.clone(), scan_model(&name, &entry.path()));
+    }
+    Ok(models)
+}
+
+/// Reads one model directory.
+pub fn scan_model(name: &str, dir: &Path) -> ScannedModel {
+    let config_path = dir.join(CONFIG_FILE);
+    let config = match fs::read_to_string(&config_path) {
+        Ok(text) => Some(model_config::parse(&text)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot read {}: {e}", config_path.display())),
+    };
+    if let Some(config) = &config
+        && !config.name.is_empty()
+        && config.name != name
+    {
+        return Err(format!(
+            "configuration name '{}' does not match the model directory '{name}'",
+            config.name
+        ));
+    }
+    let file_name = config
+        .as_ref()
+        .map(|c| c.default_model_filename.as_str())
+        .filter(|f| !f.is_empty())
+        .unwrap_or(DEFAULT_MODEL_FILENAME);
+    let versions = scan_versions(dir, file_name)?;
+    Ok(ModelSource {
+        name: name.to_string(),
+        dir: dir.to_path_buf(),
+        config,
+        versions,
+    })
+}
+
+/// Numeric subdirectories (version 0 and other names are ignored, as Triton does).
+fn scan_versions(dir: &Path, file_name: &str) -> Result<BTreeMap<u64, PathBuf>, String> {
+    let entries = fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let mut versions = BTreeMap::new();
+    for entry in entries.flatten() {
+        let Some(version) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if version > 0 && entry.path().is_dir() {
+            versions.insert(version, entry.path().join(file_name));
+        }
+    }
+    Ok(versions)
+}
+
+/// The versions a policy selects out of those on disk, in ascending order. Without a policy
+/// Triton serves the latest one.
+pub fn select_versions(config: &ModelConfig, available: &BTreeMap<u64, PathBuf>) -> Vec<u64> {
+    let choice = config
+        .version_policy
+        .as_ref()
+        .and_then(|p| p.policy_choice.as_ref());
+    match choice {
+        Some(PolicyChoice::All(_)) => available.keys().copied().collect(),
+        Some(PolicyChoice::Specific(specific)) => available
+            .keys()
+            .copied()
+            .filter(|v| specific.versions.iter().any(|&s| s >= 0 && s as u64 == *v))
+            .collect(),
+        Some(PolicyChoice::Latest(latest)) => latest_n(available, latest.num_versions as usize),
+        None => latest_n(available, 1),
+    }
+}
+
+fn latest_n(available: &BTreeMap<u64, PathBuf>, n: usize) -> Vec<u64> {
+    let mut versions: Vec<u64> = available.keys().rev().take(n).copied().collect();
+    versions.reverse();
+    versions
+}

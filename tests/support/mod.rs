@@ -1,0 +1,157 @@
+//! Helpers for integration tests: a temporary repository built from the shipped and fixture models,
+//! and the real server started in-process on port 0.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use switchyard::config::{ModelControlMode, Settings};
+use switchyard::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+use tonic::transport::Channel;
+
+/// The crate root, where `model_repository/` and `tests/fixtures/` live.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A temporary model repository, built model by model.
+pub struct Repo {
+    pub dir: tempfile::TempDir,
+}
+
+impl Repo {
+    pub fn new() -> Repo {
+        Repo {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Copies a shipped model (`model_repository/NAME`).
+    pub fn shipped(self, name: &str) -> Repo {
+        copy_dir(
+            &root().join("model_repository").join(name),
+            &self.path().join(name),
+        );
+        self
+    }
+
+    /// Copies a fixture model (`tests/fixtures/models/NAME`).
+    pub fn fixture(self, name: &str) -> Repo {
+        copy_dir(
+            &root().join("tests/fixtures/models").join(name),
+            &self.path().join(name),
+        );
+        self
+    }
+
+    /// Writes a file relative to the repository root.
+    pub fn file(self, rel: &str, contents: impl AsRef<[u8]>) -> Repo {
+        let path = self.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+        self
+    }
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A server running in-process on 127.0.0.1:0.
+pub struct Server {
+    pub addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), switchyard::app::AppError>>,
+    _repo: Repo,
+}
+
+impl Server {
+    pub async fn start(repo: Repo) -> Server {
+        Server::start_with(repo, |_| {}).await
+    }
+
+    pub async fn start_with(repo: Repo, adjust: impl FnOnce(&mut Settings)) -> Server {
+        let mut settings = Settings {
+            model_repository: repo.path().to_path_buf(),
+            grpc_address: "127.0.0.1".into(),
+            grpc_port: 0,
+            model_control_mode: ModelControlMode::None,
+            ..Settings::default()
+        };
+        adjust(&mut settings);
+        settings.validate().expect("test settings are valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(switchyard::app::run(settings, listener, async move {
+            let _ = stopped.await;
+        }));
+        Server {
+            addr,
+            stop: Some(stop),
+            task,
+            _repo: repo,
+        }
+    }
+
+    /// A client; connecting waits until the server accepts (models load before serving starts).
+    pub async fn client(&self) -> GrpcInferenceServiceClient<Channel> {
+        let url = format!("http://{}", self.addr);
+        let channel = Channel::from_shared(url)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .expect("connect to the server");
+        GrpcInferenceServiceClient::new(channel)
+    }
+
+    /// Triggers shutdown and waits for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = &mut self.task;
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("server stops within 30 s")
+            .expect("server task")
+            .expect("server ran cleanly");
+    }
+}
+
+/// INT32 values as raw little-endian bytes.
+pub fn i32_raw(values: &[i32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Raw little-endian bytes as INT32 values.
+pub fn raw_i32(raw: &[u8]) -> Vec<i32> {
+    raw.chunks_exact(4)
+        .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// Raw little-endian bytes as FP32 values.
+pub fn raw_f32(raw: &[u8]) -> Vec<f32> {
+    raw.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
