@@ -280,6 +280,28 @@ def build_identity(suffix, triton_type):
     return make_model(graph)
 
 
+def build_versioned(version, seed):
+    """OUTPUT0 = INPUT0 + 1000 * version, through ReduceMax over a 65,536-element weight whose
+    largest value is exactly 1000 * version. The weight makes the file about 256 KiB of
+    incompressible data, so tests can copy it slowly and truncate it meaningfully."""
+    rng = np.random.default_rng(seed)
+    offset = np.float32(1000 * version)
+    weight = (rng.random(65536, dtype=np.float32) * offset).astype(np.float32)
+    weight[int(rng.integers(0, 65536))] = offset
+    shape = onnx_shape(8, [4])
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMax", ["W"], ["offset"], name="offset", keepdims=0),
+            helper.make_node("Add", ["INPUT0", "offset"], ["OUTPUT0"], name="add"),
+        ],
+        f"versioned_{version}",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, shape)],
+        initializer=[numpy_helper.from_array(weight, "W")],
+    )
+    return make_model(graph)
+
+
 IDENTITY_TYPES = [
     ("bool", "TYPE_BOOL"),
     ("uint8", "TYPE_UINT8"),
@@ -365,6 +387,15 @@ def main():
                FIXTURE_DIR, "add_sub_fp32", "1", "model.onnx")
     emit_config(add_sub_config("add_sub_fp32", "TYPE_FP32", 0, [-1]),
                 FIXTURE_DIR, "add_sub_fp32", "config.pbtxt")
+
+    # Versions 1-4 of one model whose output tells which version served it.
+    for version in range(1, 5):
+        emit_model(build_versioned(version, 4000 + version),
+                   FIXTURE_DIR, "versioned", str(version), "model.onnx")
+    emit_config(
+        config_pbtxt("versioned", 8, [("INPUT0", "TYPE_FP32", [4])], [("OUTPUT0", "TYPE_FP32", [4])]),
+        FIXTURE_DIR, "versioned", "config.pbtxt",
+    )
 
     # Same bytes as classifier version 1, deliberately without a config.pbtxt.
     emit_model(classifier_v1, FIXTURE_DIR, "no_config_mlp", "1", "model.onnx")

@@ -14,7 +14,8 @@ use tracing::{info, warn};
 use crate::config::{ModelControlMode, Settings};
 use crate::executor::cpu::OnnxCpu;
 use crate::grpc;
-use crate::registry::{Registry, lifecycle};
+use crate::registry::{Registry, lifecycle, reconciler};
+use crate::repository::watcher::{self, RepositoryWatcher, Trigger};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +39,8 @@ pub async fn load_registry(settings: &Settings) -> Result<Arc<Registry>, AppErro
         Arc::new(OnnxCpu),
     ));
     let names = match settings.model_control_mode {
-        ModelControlMode::None => None,
         ModelControlMode::Explicit => Some(settings.load_model.as_slice()),
+        ModelControlMode::None | ModelControlMode::Poll | ModelControlMode::Watch => None,
     };
     lifecycle::load_all(&registry, names)
         .await
@@ -50,6 +51,32 @@ pub async fn load_registry(settings: &Settings) -> Result<Arc<Registry>, AppErro
     Ok(registry)
 }
 
+/// In watch and poll modes, starts the watcher and the reconciler that follows it; the returned
+/// guard stops both when dropped.
+fn follow_repository(
+    settings: &Settings,
+    registry: &Arc<Registry>,
+) -> Result<Option<RepositoryWatcher>, AppError> {
+    let trigger = match settings.model_control_mode {
+        ModelControlMode::Watch => Trigger::Watch {
+            rescan: Duration::from_secs(settings.repository_rescan_secs),
+        },
+        ModelControlMode::Poll => Trigger::Poll {
+            every: Duration::from_secs(settings.repository_poll_secs),
+        },
+        ModelControlMode::None | ModelControlMode::Explicit => return Ok(None),
+    };
+    let (watcher, signals) =
+        watcher::start(&settings.model_repository, trigger).map_err(|e| AppError::Repository {
+            path: settings.model_repository.display().to_string(),
+            source: std::io::Error::other(e),
+        })?;
+    let quiet = Duration::from_millis(settings.repository_settle_ms);
+    tokio::spawn(reconciler::run(Arc::clone(registry), signals, quiet));
+    info!(mode = ?settings.model_control_mode, "following the model repository");
+    Ok(Some(watcher))
+}
+
 /// Runs the server on `listener` until `shutdown` resolves.
 pub async fn run(
     settings: Settings,
@@ -57,6 +84,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let registry = load_registry(&settings).await?;
+    let _watch = follow_repository(&settings, &registry)?;
     let ready = Arc::new(AtomicBool::new(true));
     let addr = listener.local_addr().map_err(AppError::Listener)?;
     let models = registry.models().len();

@@ -31,9 +31,15 @@ pub struct ServeArgs {
     /// Metrics port [default: 8002] (metrics are not served yet).
     #[arg(long)]
     metrics_port: Option<u16>,
-    /// Model control mode: none or explicit [default: none].
+    /// Model control mode: watch, poll, explicit or none [default: watch].
     #[arg(long)]
     model_control_mode: Option<String>,
+    /// Seconds between repository rescans in poll mode [default: 15].
+    #[arg(long)]
+    repository_poll_secs: Option<u64>,
+    /// Milliseconds new model files must be quiet before they are loaded [default: 300].
+    #[arg(long)]
+    repository_settle_ms: Option<u64>,
     /// A model to load at start-up in explicit mode (repeatable; `*` for all).
     #[arg(long)]
     load_model: Vec<String>,
@@ -69,6 +75,14 @@ impl ServeArgs {
         set(
             "model_control_mode",
             self.model_control_mode.clone().map(Into::into),
+        );
+        set(
+            "repository_poll_secs",
+            self.repository_poll_secs.map(Into::into),
+        );
+        set(
+            "repository_settle_ms",
+            self.repository_settle_ms.map(Into::into),
         );
         set("exit_timeout_secs", self.exit_timeout_secs.map(Into::into));
         set(
@@ -142,6 +156,7 @@ async fn shutdown_signal() {
 pub fn repo_check(dir: PathBuf) -> ExitCode {
     let settings = Settings {
         model_repository: dir,
+        model_control_mode: switchyard::config::ModelControlMode::None,
         ..Settings::default()
     };
     let outcome = runtime().map_err(|e| e.to_string()).and_then(|rt| {

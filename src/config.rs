@@ -18,6 +18,12 @@ pub const DEFAULT_GRPC_ADDRESS: &str = "0.0.0.0";
 pub const DEFAULT_MODEL_REPOSITORY: &str = "model_repository";
 /// Default largest gRPC message accepted or sent (64 MiB).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Default seconds between rescans in poll mode (Triton's default).
+pub const DEFAULT_REPOSITORY_POLL_SECS: u64 = 15;
+/// Default seconds between safety-net rescans in watch mode.
+pub const DEFAULT_REPOSITORY_RESCAN_SECS: u64 = 60;
+/// Default quiet time before new model files are taken, in milliseconds.
+pub const DEFAULT_REPOSITORY_SETTLE_MS: u64 = 300;
 /// Default grace period for in-flight requests at shutdown.
 pub const DEFAULT_EXIT_TIMEOUT_SECS: u64 = 30;
 /// The settings' names, as keys of the settings file and (upper-cased) of the environment.
@@ -29,6 +35,9 @@ pub const SETTING_KEYS: &[&str] = &[
     "metrics_port",
     "model_control_mode",
     "load_model",
+    "repository_poll_secs",
+    "repository_rescan_secs",
+    "repository_settle_ms",
     "exit_timeout_secs",
     "grpc_max_message_bytes",
     "log_format",
@@ -38,12 +47,18 @@ pub const SETTING_KEYS: &[&str] = &[
 /// Prefix of environment variables that set settings (`SWITCHYARD_GRPC_PORT=9001`).
 pub const ENV_PREFIX: &str = "SWITCHYARD";
 
-/// How the set of loaded models is controlled (Triton's `--model-control-mode`).
+/// How the set of loaded models is controlled (Triton's `--model-control-mode`, plus `watch`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelControlMode {
-    /// Load every model at start-up; the load/unload API is refused.
+    /// Load every model at start-up and follow the repository through filesystem events, with a
+    /// slow full rescan as a safety net; the load/unload API is refused.
     #[default]
+    Watch,
+    /// Load every model at start-up and rescan the repository every `repository_poll_secs`, for
+    /// filesystems without change events; the load/unload API is refused.
+    Poll,
+    /// Load every model at start-up and never change them; the load/unload API is refused.
     None,
     /// Load only `load_model` at start-up; models change only through the load/unload API.
     Explicit,
@@ -78,6 +93,13 @@ pub struct Settings {
     pub model_control_mode: ModelControlMode,
     /// Models loaded at start-up in explicit mode; `*` loads all (Triton's `--load-model`).
     pub load_model: Vec<String>,
+    /// Seconds between rescans in poll mode (Triton's `--repository-poll-secs`).
+    pub repository_poll_secs: u64,
+    /// Seconds between safety-net rescans in watch mode.
+    pub repository_rescan_secs: u64,
+    /// A version directory is loaded only when its files are this many milliseconds old and
+    /// unchanged across two looks, so half-written models are never taken.
+    pub repository_settle_ms: u64,
     /// Seconds in-flight requests get to finish at shutdown (Triton's `--exit-timeout-secs`).
     pub exit_timeout_secs: u64,
     /// Largest gRPC message accepted or sent, in bytes; protects memory before decoding.
@@ -96,8 +118,11 @@ impl Default for Settings {
             grpc_port: DEFAULT_GRPC_PORT,
             http_port: DEFAULT_HTTP_PORT,
             metrics_port: DEFAULT_METRICS_PORT,
-            model_control_mode: ModelControlMode::None,
+            model_control_mode: ModelControlMode::Watch,
             load_model: Vec::new(),
+            repository_poll_secs: DEFAULT_REPOSITORY_POLL_SECS,
+            repository_rescan_secs: DEFAULT_REPOSITORY_RESCAN_SECS,
+            repository_settle_ms: DEFAULT_REPOSITORY_SETTLE_MS,
             exit_timeout_secs: DEFAULT_EXIT_TIMEOUT_SECS,
             grpc_max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             log_format: LogFormat::Text,
@@ -176,6 +201,11 @@ impl Settings {
                 "grpc_max_message_bytes {} is below 1024",
                 self.grpc_max_message_bytes
             ));
+        }
+        if self.repository_poll_secs == 0 || self.repository_rescan_secs == 0 {
+            return invalid(
+                "repository_poll_secs and repository_rescan_secs must be at least 1".into(),
+            );
         }
         if self.model_control_mode != ModelControlMode::Explicit && !self.load_model.is_empty() {
             return invalid(

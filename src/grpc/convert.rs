@@ -6,9 +6,11 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
+use crate::proto::inference::ModelRepositoryParameter;
 use crate::proto::inference::infer_parameter::ParameterChoice;
 use crate::proto::inference::model_infer_request::InferInputTensor;
 use crate::proto::inference::model_infer_response::InferOutputTensor;
+use crate::proto::inference::model_repository_parameter::ParameterChoice as LoadChoice;
 use crate::proto::inference::{
     InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse,
 };
@@ -218,4 +220,32 @@ pub fn infer_response(response: InferResponse) -> ModelInferResponse {
         raw_output_contents: raw,
         ..Default::default()
     }
+}
+
+/// A model configuration (JSON) and model files, as a load request passes them: `config` is a
+/// string parameter, each `file:<path>` a bytes parameter.
+pub type LoadParameters = (Option<String>, Vec<(String, Vec<u8>)>);
+
+/// Splits Triton's load parameters; any other parameter is refused by name.
+pub fn load_parameters(
+    model: &str,
+    parameters: HashMap<String, ModelRepositoryParameter>,
+) -> Result<LoadParameters> {
+    let mut config = None;
+    let mut files = Vec::new();
+    for (key, value) in parameters {
+        match (key.as_str(), value.parameter_choice) {
+            ("config", Some(LoadChoice::StringParam(json))) => config = Some(json),
+            (k, Some(LoadChoice::BytesParam(data))) if k.starts_with("file:") => {
+                files.push((k["file:".len()..].to_string(), data));
+            }
+            (k, _) => {
+                return Err(Error::invalid(format!(
+                    "load of model '{model}': unsupported parameter '{k}' (expected 'config' as \
+                     a string or 'file:<path>' as bytes)"
+                )));
+            }
+        }
+    }
+    Ok((config, files))
 }

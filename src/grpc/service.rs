@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::config::ModelControlMode;
 use crate::error::Error;
 use crate::registry::{ModelSnapshot, lifecycle};
+use crate::repository::load_request;
 use crate::schema::ModelSchema;
 
 use super::pb::grpc_inference_service_server::GrpcInferenceService;
@@ -49,14 +50,16 @@ impl InferenceService {
     }
 
     fn require_explicit(&self) -> Result<(), Error> {
-        match self.context.control_mode {
-            ModelControlMode::Explicit => Ok(()),
-            ModelControlMode::None => Err(Error::Unavailable(
-                "explicit model load / unload is not allowed: the server runs with \
-                 --model-control-mode none; start it with --model-control-mode explicit"
-                    .into(),
-            )),
-        }
+        let mode = match self.context.control_mode {
+            ModelControlMode::Explicit => return Ok(()),
+            ModelControlMode::None => "none",
+            ModelControlMode::Poll => "poll",
+            ModelControlMode::Watch => "watch",
+        };
+        Err(Error::Unavailable(format!(
+            "explicit model load / unload is not allowed: the server runs with \
+             --model-control-mode {mode}; start it with --model-control-mode explicit"
+        )))
     }
 }
 
@@ -276,14 +279,21 @@ impl GrpcInferenceService for InferenceService {
     ) -> Reply<RepositoryModelLoadResponse> {
         self.require_explicit()?;
         let request = request.into_inner();
-        if !request.parameters.is_empty() {
-            let keys: Vec<&String> = request.parameters.keys().collect();
-            return Err(Status::unimplemented(format!(
-                "load parameters {keys:?} for model '{}' are not supported yet",
-                request.model_name
-            )));
-        }
-        lifecycle::load_model(&self.context.registry, &request.model_name).await?;
+        let name = request.model_name;
+        let (config, files) = convert::load_parameters(&name, request.parameters)?;
+        let root = self.context.registry.root().to_path_buf();
+        let resolve_name = name.clone();
+        let requested = tokio::task::spawn_blocking(move || {
+            load_request::resolve(&root, &resolve_name, config.as_deref(), files)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|reason| Error::Config {
+            model: name.clone(),
+            reason,
+        })?;
+        lifecycle::load_model(&self.context.registry, &name, requested.scanned).await?;
+        drop(requested.files_dir);
         Ok(Response::new(RepositoryModelLoadResponse {}))
     }
 

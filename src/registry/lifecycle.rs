@@ -1,11 +1,13 @@
-//! Loading and unloading. A model is read from disk, its configuration completed and checked, each
-//! version the policy selects is loaded on a blocking thread and its instances started; only then
-//! is the new snapshot published. A failure is an outcome recorded in the snapshot (state and
-//! reason), never a crash, and other models are untouched.
+//! Loading, swapping and retiring. `reconcile` brings one model in line with what disk (or a load
+//! request) says: versions whose files and configuration are unchanged are kept as they are; new or
+//! changed versions are loaded and warmed on a blocking thread once their files have settled; only
+//! then is one new snapshot published. A failed load is an outcome recorded in the snapshot (state
+//! and reason) while whatever served before keeps serving; it is retried when the files or the
+//! configuration change again. Retired versions are dropped when their last request finishes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
@@ -13,49 +15,125 @@ use crate::error::{Error, Result};
 use crate::executor::{Backend, Runner};
 use crate::proto::inference::ModelConfig;
 use crate::proto::inference::model_instance_group::Kind;
-use crate::repository::{self, ModelSource};
+use crate::repository::{self, Fingerprint, ModelSource, ScannedModel};
 use crate::schema::ModelSchema;
 
-use super::{ModelSnapshot, ModelVersion, Registry, VersionState, VersionStatus};
+use super::{ModelSnapshot, ModelVersion, Registry, VersionState, VersionStatus, warmup};
 
 /// Platforms and backends the CPU executor serves.
 const ONNX_PLATFORMS: &[&str] = &["onnxruntime_onnx", "onnx"];
 const ONNX_BACKENDS: &[&str] = &["onnxruntime", "onnx"];
 
+/// How eagerly new files are taken.
+#[derive(Debug, Clone, Copy)]
+pub struct Settle {
+    /// Files must be this old, and unchanged across two looks, before a version is loaded.
+    pub quiet: Duration,
+    /// Skip the checks (explicit loads, start-up).
+    pub immediate: bool,
+}
+
+impl Settle {
+    /// Take files as they are.
+    pub const IMMEDIATE: Settle = Settle {
+        quiet: Duration::ZERO,
+        immediate: true,
+    };
+}
+
+/// What reconciliation remembers between looks at the repository.
+#[derive(Debug, Default)]
+pub struct Looks {
+    seen: HashMap<(String, u64), Fingerprint>,
+}
+
+impl Looks {
+    /// Records this look and says whether the version directory has settled: unchanged since the
+    /// previous look and no file modified within `quiet`.
+    fn settled(&mut self, model: &str, version: u64, fp: &Fingerprint, settle: Settle) -> bool {
+        if settle.immediate {
+            return true;
+        }
+        let key = (model.to_string(), version);
+        let unchanged = self.seen.get(&key) == Some(fp);
+        self.seen.insert(key, fp.clone());
+        let quiet = fp
+            .newest()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age >= settle.quiet);
+        unchanged && quiet && !fp.files.is_empty()
+    }
+
+    fn forget(&mut self, model: &str) {
+        self.seen.retain(|(m, _), _| m != model);
+    }
+}
+
+/// The outcome of reconciling one model.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    /// A new snapshot was published.
+    pub changed: bool,
+    /// Some version is waiting for its files to settle: look again soon.
+    pub pending: bool,
+}
+
+/// Reconciles every model of a scan, and retires models that left the repository.
+pub async fn reconcile_all(
+    registry: &Arc<Registry>,
+    scanned: BTreeMap<String, ScannedModel>,
+    looks: &mut Looks,
+    settle: Settle,
+) -> Reconciled {
+    let mut outcome = Reconciled::default();
+    for model in registry.models() {
+        if !scanned.contains_key(&model.name) {
+            registry.remove(&model.name);
+            looks.forget(&model.name);
+            info!(model = %model.name, "model removed from the repository; retired");
+            outcome.changed = true;
+        }
+    }
+    for (name, model) in scanned {
+        let one = reconcile(registry, &name, model, looks, settle).await;
+        outcome.changed |= one.changed;
+        outcome.pending |= one.pending;
+    }
+    outcome
+}
+
 /// Loads every model in the repository (or only `names`, when given), as at start-up.
 pub async fn load_all(registry: &Arc<Registry>, names: Option<&[String]>) -> std::io::Result<()> {
-    let scanned = {
-        let root = registry.root().to_path_buf();
-        tokio::task::spawn_blocking(move || repository::scan(&root))
-            .await
-            .map_err(std::io::Error::other)??
-    };
+    let root = registry.root().to_path_buf();
+    let scanned = tokio::task::spawn_blocking(move || repository::scan(&root))
+        .await
+        .map_err(std::io::Error::other)??;
     let wanted = |name: &str| names.is_none_or(|n| n.iter().any(|w| w == name || w == "*"));
+    let mut looks = Looks::default();
     for (name, model) in scanned.into_iter().filter(|(n, _)| wanted(n)) {
-        let snapshot = build_snapshot(registry, &name, model).await;
-        registry.publish(&name, snapshot);
+        reconcile(registry, &name, model, &mut looks, Settle::IMMEDIATE).await;
     }
     Ok(())
 }
 
-/// Reads one model from disk again and loads it; the error says why it cannot serve.
-pub async fn load_model(registry: &Arc<Registry>, name: &str) -> Result<()> {
-    let dir = registry.root().join(name);
-    if !dir.is_dir() {
-        return Err(Error::UnknownModel {
-            model: name.to_string(),
-        });
+/// Loads (or reloads) one model from its scanned source; the error says why it cannot serve.
+pub async fn load_model(registry: &Arc<Registry>, name: &str, scanned: ScannedModel) -> Result<()> {
+    reconcile(
+        registry,
+        name,
+        scanned,
+        &mut Looks::default(),
+        Settle::IMMEDIATE,
+    )
+    .await;
+    let snapshot = registry.get(name)?.snapshot();
+    if snapshot.default_version.is_some() && snapshot.reason.is_empty() {
+        return Ok(());
     }
-    let scanned = {
-        let name = name.to_string();
-        tokio::task::spawn_blocking(move || repository::scan_model(&name, &dir))
-            .await
-            .map_err(|e| Error::Exhausted(format!("load task failed: {e}")))?
-    };
-    let snapshot = build_snapshot(registry, name, scanned).await;
-    let outcome = load_outcome(name, &snapshot);
-    registry.publish(name, snapshot);
-    outcome
+    Err(Error::Config {
+        model: name.to_string(),
+        reason: format!("failed to load: {}", super::not_ready_reason(&snapshot)),
+    })
 }
 
 /// Stops serving a model; its versions are freed once their last requests finish.
@@ -69,111 +147,268 @@ pub fn unload_model(registry: &Registry, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn load_outcome(name: &str, snapshot: &ModelSnapshot) -> Result<()> {
-    if snapshot.default_version.is_some() {
-        return Ok(());
-    }
-    let reason = if snapshot.reason.is_empty() {
-        super::not_ready_reason(snapshot)
-    } else {
-        snapshot.reason.clone()
-    };
-    Err(Error::Config {
-        model: name.to_string(),
-        reason: format!("failed to load: {reason}"),
-    })
-}
-
-/// Builds the snapshot a scanned model should have; never fails, records reasons instead.
-async fn build_snapshot(
+/// Brings one model in line with its scanned source and publishes the result when it changed.
+pub async fn reconcile(
     registry: &Arc<Registry>,
     name: &str,
-    scanned: repository::ScannedModel,
-) -> ModelSnapshot {
+    scanned: ScannedModel,
+    looks: &mut Looks,
+    settle: Settle,
+) -> Reconciled {
+    let current = registry.get(name).map(|m| m.snapshot()).ok();
+    let current = current.as_deref().cloned().unwrap_or_default();
     let source = match scanned {
         Ok(source) => source,
-        Err(reason) => {
-            warn!(model = name, %reason, "model configuration is invalid");
-            return ModelSnapshot::unavailable(reason);
-        }
+        Err(reason) => return publish_failure(registry, name, &current, reason),
     };
     let backend = Arc::clone(registry.backend());
-    let name = name.to_string();
-    let built = tokio::task::spawn_blocking(move || load_versions(&*backend, &name, &source)).await;
-    built.unwrap_or_else(|e| ModelSnapshot::unavailable(format!("load task failed: {e}")))
+    let resolved = {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || resolve(&*backend, &source)).await
+    };
+    let (config, schema) = match resolved {
+        Ok(Ok(resolved)) => resolved,
+        Ok(Err(reason)) => return publish_failure(registry, name, &current, reason),
+        Err(e) => {
+            return publish_failure(registry, name, &current, format!("load task failed: {e}"));
+        }
+    };
+    let plan = plan(name, &current, &source, &config, looks, settle);
+    let mut versions = plan.keep;
+    if !plan.load.is_empty() {
+        let backend = Arc::clone(registry.backend());
+        let (name, source, config, schema) =
+            (name.to_string(), source.clone(), config.clone(), schema);
+        let loads = plan.load;
+        let loaded = tokio::task::spawn_blocking(move || {
+            loads
+                .into_iter()
+                .map(|(v, previous)| {
+                    (
+                        v,
+                        load_version(&*backend, &name, &source, &config, &schema, v, previous),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        versions.extend(loaded);
+    }
+    // Versions the policy no longer selects keep serving until a selected one is ready and no
+    // selected one is still settling: a new version never leaves a gap.
+    if plan.pending || !versions.values().any(|s| s.serving.is_some()) {
+        for (v, status) in &current.versions {
+            if status.serving.is_some() {
+                versions.entry(*v).or_insert_with(|| status.clone());
+            }
+        }
+    }
+    let snapshot = ModelSnapshot::new(
+        Arc::new(config),
+        source.config_digest,
+        versions,
+        current.pinned,
+    );
+    let changed = !same_snapshot(&current, &snapshot);
+    if changed {
+        log_swap(name, &current, &snapshot);
+        registry.publish(name, snapshot);
+    }
+    Reconciled {
+        changed,
+        pending: plan.pending,
+    }
 }
 
-/// Resolves the configuration and loads every selected version. Runs on a blocking thread.
-fn load_versions(backend: &dyn Backend, name: &str, source: &ModelSource) -> ModelSnapshot {
-    let config = match resolve_config(backend, source) {
-        Ok(config) => config,
-        Err(reason) => {
-            warn!(model = name, %reason, "model configuration is invalid");
-            return ModelSnapshot::unavailable(reason);
-        }
-    };
-    let schema = match ModelSchema::from_config(&config) {
-        Ok(schema) => Arc::new(schema),
-        Err(reason) => {
-            warn!(model = name, %reason, "model configuration is invalid");
-            return ModelSnapshot::unavailable(reason);
-        }
-    };
-    let selected = repository::select_versions(&config, &source.versions);
-    if selected.is_empty() {
-        let reason = "no version directory holds a model file that the version policy selects";
-        warn!(model = name, reason, "model has no versions to serve");
-        return ModelSnapshot::unavailable(reason);
+/// Records why a model cannot take its new source, keeping what serves.
+fn publish_failure(
+    registry: &Registry,
+    name: &str,
+    current: &ModelSnapshot,
+    reason: String,
+) -> Reconciled {
+    if current.reason == reason {
+        return Reconciled::default();
     }
-    let instances = instance_count(&config);
-    let mut versions = BTreeMap::new();
-    for version in selected {
-        let file = &source.versions[&version];
-        let status = load_version(backend, &schema, name, version, file, instances);
-        versions.insert(version, status);
+    warn!(model = name, %reason, "model cannot be (re)loaded");
+    let snapshot = if current.default_version.is_some() {
+        // Keep serving the previous versions and configuration; report the problem.
+        ModelSnapshot {
+            reason: format!("{reason} (still serving the previous configuration)"),
+            ..current.clone()
+        }
+    } else {
+        ModelSnapshot::unavailable(reason)
+    };
+    registry.publish(name, snapshot);
+    Reconciled {
+        changed: true,
+        pending: false,
     }
-    ModelSnapshot::new(Arc::new(config), versions)
+}
+
+/// Which versions to keep as they are and which to load now.
+struct Plan {
+    keep: BTreeMap<u64, VersionStatus>,
+    /// Versions to load, with the status they had (kept serving if the new load fails).
+    load: Vec<(u64, Option<VersionStatus>)>,
+    pending: bool,
+}
+
+fn plan(
+    name: &str,
+    current: &ModelSnapshot,
+    source: &ModelSource,
+    config: &ModelConfig,
+    looks: &mut Looks,
+    settle: Settle,
+) -> Plan {
+    let mut wanted: BTreeSet<u64> = repository::select_versions(config, &source.versions)
+        .into_iter()
+        .collect();
+    wanted.extend(current.pinned.filter(|v| source.versions.contains_key(v)));
+    let mut plan = Plan {
+        keep: BTreeMap::new(),
+        load: Vec::new(),
+        pending: false,
+    };
+    for version in wanted {
+        let found = &source.versions[&version];
+        let existing = current.versions.get(&version);
+        let unchanged = existing.is_some_and(|s| {
+            s.fingerprint == found.fingerprint && s.config_digest == source.config_digest
+        });
+        if let (true, Some(status)) = (unchanged, existing) {
+            plan.keep.insert(version, status.clone());
+        } else if looks.settled(name, version, &found.fingerprint, settle) {
+            plan.load.push((version, existing.cloned()));
+        } else {
+            plan.pending = true;
+            if let Some(status) = existing {
+                plan.keep.insert(version, status.clone());
+            }
+        }
+    }
+    plan
+}
+
+/// The configuration in force and its schema, or why the model cannot serve.
+fn resolve(
+    backend: &dyn Backend,
+    source: &ModelSource,
+) -> Result<(ModelConfig, Arc<ModelSchema>), String> {
+    let config = resolve_config(backend, source)?;
+    let schema = ModelSchema::from_config(&config)?;
+    Ok((config, Arc::new(schema)))
 }
 
 fn load_version(
     backend: &dyn Backend,
-    schema: &Arc<ModelSchema>,
     name: &str,
+    source: &ModelSource,
+    config: &ModelConfig,
+    schema: &Arc<ModelSchema>,
     version: u64,
-    file: &std::path::Path,
-    instances: usize,
+    previous: Option<VersionStatus>,
 ) -> VersionStatus {
+    let found = &source.versions[&version];
     let started = Instant::now();
     let loaded = backend
-        .load(schema, file)
-        .and_then(|model| Runner::start(&model, instances, &format!("{name}/{version}")));
+        .load(schema, &found.file)
+        .and_then(|model| {
+            Runner::start(&model, instance_count(config), &format!("{name}/{version}"))
+        })
+        .map(|runner| Arc::new(ModelVersion::new(name, version, Arc::clone(schema), runner)))
+        .and_then(|ready| warmup::run(config, &found.file, &ready).map(|()| ready));
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     match loaded {
-        Ok(runner) => {
-            let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        Ok(ready) => {
             info!(
                 model = name,
-                version, instances, elapsed_ms, "model version ready"
+                version, elapsed_ms, "model version loaded and warmed"
             );
             VersionStatus {
                 state: VersionState::Ready,
                 reason: String::new(),
-                serving: Some(Arc::new(ModelVersion::new(
-                    name,
-                    version,
-                    Arc::clone(schema),
-                    runner,
-                ))),
+                serving: Some(ready),
+                fingerprint: found.fingerprint.clone(),
+                config_digest: source.config_digest,
             }
         }
         Err(reason) => {
-            warn!(model = name, version, %reason, "model version failed to load");
+            warn!(model = name, version, elapsed_ms, %reason, "model version failed to load");
+            let kept = previous.and_then(|p| p.serving);
+            let reason = match kept {
+                Some(_) => format!("{reason} (still serving the previous files)"),
+                None => reason,
+            };
             VersionStatus {
-                state: VersionState::Unavailable,
+                state: if kept.is_some() {
+                    VersionState::Ready
+                } else {
+                    VersionState::Unavailable
+                },
                 reason,
-                serving: None,
+                serving: kept,
+                fingerprint: found.fingerprint.clone(),
+                config_digest: source.config_digest,
             }
         }
     }
+}
+
+/// Whether two snapshots would serve and report the same.
+fn same_snapshot(a: &ModelSnapshot, b: &ModelSnapshot) -> bool {
+    let same_version = |x: &VersionStatus, y: &VersionStatus| {
+        x.state == y.state
+            && x.reason == y.reason
+            && x.fingerprint == y.fingerprint
+            && x.config_digest == y.config_digest
+            && match (&x.serving, &y.serving) {
+                (Some(p), Some(q)) => Arc::ptr_eq(p, q),
+                (None, None) => true,
+                _ => false,
+            }
+    };
+    a.reason == b.reason
+        && a.config_digest == b.config_digest
+        && a.default_version == b.default_version
+        && a.versions.len() == b.versions.len()
+        && a.versions
+            .iter()
+            .zip(&b.versions)
+            .all(|((v, x), (w, y))| v == w && same_version(x, y))
+}
+
+fn log_swap(name: &str, old: &ModelSnapshot, new: &ModelSnapshot) {
+    let ready = |s: &ModelSnapshot| -> Vec<u64> {
+        s.versions
+            .iter()
+            .filter(|(_, v)| v.serving.is_some())
+            .map(|(v, _)| *v)
+            .collect()
+    };
+    let retired: Vec<u64> = old
+        .versions
+        .iter()
+        .filter(|(v, s)| {
+            s.serving.as_ref().is_some_and(|old| {
+                new.versions
+                    .get(v)
+                    .and_then(|n| n.serving.as_ref())
+                    .is_none_or(|n| !Arc::ptr_eq(old, n))
+            })
+        })
+        .map(|(v, _)| *v)
+        .collect();
+    info!(
+        model = name,
+        ready = ?ready(new),
+        default_version = ?new.default_version,
+        retired = ?retired,
+        "model snapshot swapped"
+    );
 }
 
 /// The configuration in force: the file's, completed from the model file where it declares no
@@ -181,12 +416,12 @@ fn load_version(
 pub fn resolve_config(backend: &dyn Backend, source: &ModelSource) -> Result<ModelConfig, String> {
     let mut config = source.config.clone().unwrap_or_default();
     if config.input.is_empty() || config.output.is_empty() {
-        let (_, file) = source
+        let (_, newest) = source
             .versions
             .iter()
             .next_back()
             .ok_or("no configuration and no version directory to complete one from")?;
-        let completed = backend.complete_config(&source.name, file)?;
+        let completed = backend.complete_config(&source.name, &newest.file)?;
         if config.input.is_empty() {
             config.input = completed.input;
             config.output = completed.output;

@@ -5,8 +5,10 @@
 //! lives exactly as long as its last request.
 
 pub mod lifecycle;
+pub mod reconciler;
 pub mod stats;
 pub mod version;
+mod warmup;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,6 +20,7 @@ use dashmap::DashMap;
 use crate::error::{Error, Result};
 use crate::executor::Backend;
 use crate::proto::inference::ModelConfig;
+use crate::repository::Fingerprint;
 
 pub use version::ModelVersion;
 
@@ -48,6 +51,11 @@ pub struct VersionStatus {
     pub reason: String,
     /// The serving version, when ready.
     pub serving: Option<Arc<ModelVersion>>,
+    /// The version directory's files when this status was reached; a load is retried only when
+    /// they (or the configuration) change.
+    pub fingerprint: Fingerprint,
+    /// The configuration digest this status was reached with.
+    pub config_digest: u64,
 }
 
 /// Everything about one model that must agree, published as one value.
@@ -58,8 +66,13 @@ pub struct ModelSnapshot {
     pub versions: BTreeMap<u64, VersionStatus>,
     /// Why the model as a whole cannot serve (invalid configuration, unloaded); empty otherwise.
     pub reason: String,
-    /// The version that serves requests naming none: the newest ready one.
+    /// The version that serves requests naming none: the pinned one when it is ready, else the
+    /// newest ready one.
     pub default_version: Option<u64>,
+    /// Digest of the configuration file in force (0: none, or completed from the model file).
+    pub config_digest: u64,
+    /// A version every request naming none goes to, set through the management API.
+    pub pinned: Option<u64>,
 }
 
 impl ModelSnapshot {
@@ -72,18 +85,37 @@ impl ModelSnapshot {
     }
 
     /// Builds a snapshot and derives its default version.
-    pub fn new(config: Arc<ModelConfig>, versions: BTreeMap<u64, VersionStatus>) -> ModelSnapshot {
-        let default_version = versions
-            .iter()
-            .rev()
-            .find(|(_, s)| s.serving.is_some())
-            .map(|(v, _)| *v);
-        ModelSnapshot {
+    pub fn new(
+        config: Arc<ModelConfig>,
+        config_digest: u64,
+        versions: BTreeMap<u64, VersionStatus>,
+        pinned: Option<u64>,
+    ) -> ModelSnapshot {
+        let mut snapshot = ModelSnapshot {
             config: Some(config),
             versions,
-            reason: String::new(),
-            default_version,
-        }
+            config_digest,
+            pinned,
+            ..ModelSnapshot::default()
+        };
+        snapshot.default_version = snapshot.derive_default();
+        snapshot
+    }
+
+    /// The pinned version if it is ready, else the newest ready one.
+    fn derive_default(&self) -> Option<u64> {
+        let ready = |v: &u64| self.versions.get(v).is_some_and(|s| s.serving.is_some());
+        self.pinned
+            .filter(ready)
+            .or_else(|| self.versions.keys().rev().copied().find(ready))
+    }
+
+    /// The same snapshot with another pin.
+    pub fn with_pin(&self, pinned: Option<u64>) -> ModelSnapshot {
+        let mut snapshot = self.clone();
+        snapshot.pinned = pinned;
+        snapshot.default_version = snapshot.derive_default();
+        snapshot
     }
 
     /// The ready versions, oldest first.
@@ -212,6 +244,11 @@ impl Registry {
         let mut models: Vec<Arc<Model>> = self.models.iter().map(|m| Arc::clone(&m)).collect();
         models.sort_by(|a, b| a.name.cmp(&b.name));
         models
+    }
+
+    /// Forgets a model (its directory is gone); requests holding its versions finish on them.
+    pub fn remove(&self, name: &str) -> Option<Arc<Model>> {
+        self.models.remove(name).map(|(_, model)| model)
     }
 
     /// Publishes a snapshot for `name`, creating the model entry on first use.

@@ -102,6 +102,27 @@ impl VersionStats {
         self.last_inference_ms.store(now, Ordering::Relaxed);
     }
 
+    /// Forgets everything counted (warm-up requests are not the model's traffic).
+    pub fn reset(&self) {
+        for stat in [
+            &self.success,
+            &self.fail,
+            &self.queue,
+            &self.compute_input,
+            &self.compute_infer,
+            &self.compute_output,
+        ] {
+            stat.count.store(0, Ordering::Relaxed);
+            stat.nanos.store(0, Ordering::Relaxed);
+        }
+        self.inference_count.store(0, Ordering::Relaxed);
+        self.execution_count.store(0, Ordering::Relaxed);
+        self.last_inference_ms.store(0, Ordering::Relaxed);
+        if let Ok(mut batches) = self.batches.lock() {
+            batches.clear();
+        }
+    }
+
     /// Per-batch-size figures, by batch size.
     pub fn batches(&self) -> BTreeMap<u64, BatchFigures> {
         self.batches.lock().map(|b| b.clone()).unwrap_or_default()

@@ -2,7 +2,12 @@
 //! `<repo>/<model>/<version>/model.onnx`), its configuration files, and the scan that turns the
 //! directory into the desired state.
 
+pub mod load_request;
 pub mod model_config;
 pub mod scan;
+pub mod watcher;
 
-pub use scan::{ModelSource, ScannedModel, scan, scan_model, select_versions};
+pub use scan::{
+    Fingerprint, ModelSource, ScannedModel, VersionSource, scan, scan_model, select_versions,
+    source_from,
+};

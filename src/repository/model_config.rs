@@ -24,6 +24,11 @@ static MODEL_CONFIG: LazyLock<MessageDescriptor> = LazyLock::new(|| {
         .unwrap_or_else(|| panic!("embedded descriptor set lacks inference.ModelConfig"))
 });
 
+/// The descriptor of `inference.ModelConfig`, for other encodings of the same message.
+pub fn model_config_descriptor() -> MessageDescriptor {
+    MODEL_CONFIG.clone()
+}
+
 /// Parses the text of a `config.pbtxt`. The error is a reason fit for RepositoryIndex.
 pub fn parse(text: &str) -> Result<ModelConfig, String> {
     let normalized = normalize_list_colons(text);

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::proto::inference::ModelConfig;
 use crate::proto::inference::model_version_policy::PolicyChoice;
@@ -19,8 +21,66 @@ pub struct ModelSource {
     /// The parsed configuration; `None` when the model has no `config.pbtxt`, in which case the
     /// backend completes one from the model file at load time.
     pub config: Option<ModelConfig>,
-    /// Every numeric version directory, with the path of its model file.
-    pub versions: BTreeMap<u64, PathBuf>,
+    /// Identifies the configuration file's contents (0 when there is none).
+    pub config_digest: u64,
+    /// Every numeric version directory.
+    pub versions: BTreeMap<u64, VersionSource>,
+}
+
+/// One version directory as found on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionSource {
+    /// The model file this version loads.
+    pub file: PathBuf,
+    /// What the directory held when it was read.
+    pub fingerprint: Fingerprint,
+}
+
+/// The files of a version directory with their sizes and modification times: two equal
+/// fingerprints taken a settle interval apart mean nobody is writing there.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fingerprint {
+    pub files: Vec<(PathBuf, u64, SystemTime)>,
+}
+
+impl Fingerprint {
+    /// Reads every file under `dir` (recursively, following symbolic links).
+    pub fn of_dir(dir: &Path) -> Fingerprint {
+        let mut files = Vec::new();
+        collect_files(dir, dir, &mut files);
+        files.sort();
+        Fingerprint { files }
+    }
+
+    /// The most recent modification time of any file, if there are files.
+    pub fn newest(&self) -> Option<SystemTime> {
+        self.files.iter().map(|(_, _, t)| *t).max()
+    }
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, u64, SystemTime)>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            collect_files(root, &path, out);
+        } else {
+            let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+            let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            out.push((rel, meta.len(), modified));
+        }
+    }
+}
+
+fn digest(text: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The result of reading one model directory: a source, or the reason it cannot serve.
@@ -44,11 +104,21 @@ pub fn scan(root: &Path) -> std::io::Result<BTreeMap<String, ScannedModel>> {
 /// Reads one model directory.
 pub fn scan_model(name: &str, dir: &Path) -> ScannedModel {
     let config_path = dir.join(CONFIG_FILE);
-    let config = match fs::read_to_string(&config_path) {
-        Ok(text) => Some(model_config::parse(&text)?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+    let (config, config_digest) = match fs::read_to_string(&config_path) {
+        Ok(text) => (Some(model_config::parse(&text)?), digest(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, 0),
         Err(e) => return Err(format!("cannot read {}: {e}", config_path.display())),
     };
+    source_from(name, dir, config, config_digest)
+}
+
+/// Builds a source from a configuration already in hand (read from disk or given in a request).
+pub fn source_from(
+    name: &str,
+    dir: &Path,
+    config: Option<ModelConfig>,
+    config_digest: u64,
+) -> ScannedModel {
     if let Some(config) = &config
         && !config.name.is_empty()
         && config.name != name
@@ -68,12 +138,13 @@ pub fn scan_model(name: &str, dir: &Path) -> ScannedModel {
         name: name.to_string(),
         dir: dir.to_path_buf(),
         config,
+        config_digest,
         versions,
     })
 }
 
 /// Numeric subdirectories (version 0 and other names are ignored, as Triton does).
-fn scan_versions(dir: &Path, file_name: &str) -> Result<BTreeMap<u64, PathBuf>, String> {
+fn scan_versions(dir: &Path, file_name: &str) -> Result<BTreeMap<u64, VersionSource>, String> {
     let entries = fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
     let mut versions = BTreeMap::new();
     for entry in entries.flatten() {
@@ -84,8 +155,13 @@ fn scan_versions(dir: &Path, file_name: &str) -> Result<BTreeMap<u64, PathBuf>, 
         else {
             continue;
         };
-        if version > 0 && entry.path().is_dir() {
-            versions.insert(version, entry.path().join(file_name));
+        let path = entry.path();
+        if version > 0 && path.is_dir() {
+            let source = VersionSource {
+                file: path.join(file_name),
+                fingerprint: Fingerprint::of_dir(&path),
+            };
+            versions.insert(version, source);
         }
     }
     Ok(versions)
@@ -93,7 +169,7 @@ fn scan_versions(dir: &Path, file_name: &str) -> Result<BTreeMap<u64, PathBuf>, 
 
 /// The versions a policy selects out of those on disk, in ascending order. Without a policy
 /// Triton serves the latest one.
-pub fn select_versions(config: &ModelConfig, available: &BTreeMap<u64, PathBuf>) -> Vec<u64> {
+pub fn select_versions<T>(config: &ModelConfig, available: &BTreeMap<u64, T>) -> Vec<u64> {
     let choice = config
         .version_policy
         .as_ref()
@@ -110,7 +186,7 @@ pub fn select_versions(config: &ModelConfig, available: &BTreeMap<u64, PathBuf>)
     }
 }
 
-fn latest_n(available: &BTreeMap<u64, PathBuf>, n: usize) -> Vec<u64> {
+fn latest_n<T>(available: &BTreeMap<u64, T>, n: usize) -> Vec<u64> {
     let mut versions: Vec<u64> = available.keys().rev().take(n).copied().collect();
     versions.reverse();
     versions
