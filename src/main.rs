@@ -29,6 +29,8 @@ enum Command {
         #[command(subcommand)]
         command: RepoCommand,
     },
+    /// Read or change which version of a model takes requests that name none.
+    Traffic(cli::TrafficArgs),
     /// Load test a model over the Triton gRPC protocol (closed loop, like perf_analyzer).
     Perf(switchyard::perf::PerfArgs),
 }
@@ -62,5 +64,6 @@ fn main() -> ExitCode {
             command: RepoCommand::Check { dir },
         } => cli::repo_check(dir),
         Command::Perf(args) => cli::perf(args),
+        Command::Traffic(args) => cli::traffic(args),
     }
 }

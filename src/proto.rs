@@ -8,5 +8,11 @@ pub mod inference {
     tonic::include_proto!("inference");
 }
 
+/// Switchyard's own management services (`switchyard.v1`).
+#[allow(clippy::all, missing_docs)]
+pub mod switchyard_v1 {
+    tonic::include_proto!("switchyard.v1");
+}
+
 /// The encoded descriptor set of everything in `proto/`, for reflection and text-format parsing.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

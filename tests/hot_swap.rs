@@ -529,3 +529,115 @@ async fn two_hundred_load_unload_cycles_release_their_memory() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinning_rolls_back_at_once_and_unpinning_returns_to_the_policy() {
+    use switchyard::proto::switchyard_v1::traffic_control_client::TrafficControlClient;
+    use switchyard::proto::switchyard_v1::{PinRequest, UnpinRequest};
+    let repo = versioned_repo();
+    publish(repo.path(), 2, &fixture(2));
+    let server = start(repo, ModelControlMode::Watch).await;
+    let mut client = server.client().await;
+    assert_eq!(
+        client
+            .model_infer(request(0.0))
+            .await
+            .unwrap()
+            .into_inner()
+            .model_version,
+        "2"
+    );
+    let load = Load::start(&client);
+
+    // The CLI pins to version 1, which the policy (latest 1) had not loaded: it loads, then serves.
+    let url = format!("http://{}", server.addr);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["traffic", "pin", "versioned", "1", "--url", &url])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("pinned:  1 (memory)") && stdout.contains("default: 1"),
+        "{stdout}"
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            client
+                .model_infer(request(0.0))
+                .await
+                .unwrap()
+                .into_inner()
+                .model_version,
+            "1"
+        );
+    }
+    // A request naming a version still gets exactly that version.
+    let mut named = request(0.0);
+    named.model_version = "2".into();
+    assert_eq!(
+        client
+            .model_infer(named)
+            .await
+            .unwrap()
+            .into_inner()
+            .model_version,
+        "2"
+    );
+
+    let mut traffic = TrafficControlClient::connect(url).await.unwrap();
+    let missing = traffic
+        .pin(PinRequest {
+            model: "versioned".into(),
+            version: "9".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    assert_eq!(
+        client
+            .model_infer(request(0.0))
+            .await
+            .unwrap()
+            .into_inner()
+            .model_version,
+        "1"
+    );
+
+    let status = traffic
+        .unpin(UnpinRequest {
+            model: "versioned".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            status.pinned_version.as_str(),
+            status.default_version.as_str()
+        ),
+        ("", "2")
+    );
+    assert_eq!(
+        client
+            .model_infer(request(0.0))
+            .await
+            .unwrap()
+            .into_inner()
+            .model_version,
+        "2"
+    );
+    let seen = load.finish().await;
+    assert!(
+        seen.failures.is_empty(),
+        "{:?}",
+        &seen.failures[..seen.failures.len().min(5)]
+    );
+    assert!(seen.by_version.contains_key("1") && seen.by_version.contains_key("2"));
+    server.stop().await;
+}

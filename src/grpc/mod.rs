@@ -5,6 +5,7 @@ mod convert;
 mod service;
 mod statistics;
 mod status;
+mod traffic;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ pub use crate::proto::inference as pb;
 use crate::registry::Registry;
 pub use service::InferenceService;
 
+use crate::proto::switchyard_v1::traffic_control_server::TrafficControlServer;
 use pb::grpc_inference_service_server::GrpcInferenceServiceServer;
 
 /// What the gRPC services need from the rest of the server.
@@ -45,6 +47,8 @@ pub async fn serve(
         .build_v1()
         .map_err(|e| unreachable_reflection(&e));
     let limit = settings.grpc_max_message_bytes;
+    let traffic =
+        TrafficControlServer::new(traffic::TrafficService::new(Arc::clone(&context.registry)));
     let inference = GrpcInferenceServiceServer::new(InferenceService::new(context))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
@@ -56,7 +60,8 @@ pub async fn serve(
     };
     let mut router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(inference);
+        .add_service(inference)
+        .add_service(traffic);
     if let Ok(reflection) = reflection {
         router = router.add_service(reflection);
     }

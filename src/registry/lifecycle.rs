@@ -147,6 +147,57 @@ pub fn unload_model(registry: &Registry, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Pins a model to a version (or unpins it with `None`) and reconciles it with disk at once, so a
+/// pinned version the policy does not select is loaded, and an unpinned one is retired.
+pub async fn pin(registry: &Arc<Registry>, name: &str, version: Option<u64>) -> Result<()> {
+    let model = registry.get(name)?;
+    let dir = registry.root().join(name);
+    let model_name = name.to_string();
+    let scanned = tokio::task::spawn_blocking(move || repository::scan_model(&model_name, &dir))
+        .await
+        .map_err(|e| Error::Unavailable(format!("pin task failed: {e}")))?;
+    let on_disk = scanned
+        .as_ref()
+        .map(|s| version.is_none_or(|v| s.versions.contains_key(&v)));
+    if let (Ok(false), Some(v)) = (on_disk, version) {
+        return Err(Error::UnknownVersion {
+            model: name.to_string(),
+            version: v.to_string(),
+        });
+    }
+    let previous = model.snapshot();
+    model.publish(previous.with_pin(version));
+    reconcile(
+        registry,
+        name,
+        scanned,
+        &mut Looks::default(),
+        Settle::IMMEDIATE,
+    )
+    .await;
+    let now = model.snapshot();
+    match version {
+        None => info!(model = name, "model unpinned"),
+        Some(v) if now.default_version == Some(v) => {
+            info!(model = name, version = v, "model pinned")
+        }
+        Some(v) => {
+            // The pinned version cannot serve: keep the previous pin and say why.
+            model.publish(now.with_pin(previous.pinned));
+            let reason = now
+                .versions
+                .get(&v)
+                .map(|s| s.reason.clone())
+                .unwrap_or_default();
+            return Err(Error::NotReady {
+                model: format!("{name}' version '{v}"),
+                reason,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Brings one model in line with its scanned source and publishes the result when it changed.
 pub async fn reconcile(
     registry: &Arc<Registry>,
