@@ -128,7 +128,7 @@ fi
 if [[ " ${TARGETS[*]} " == *" switchyard "* ]]; then
     SP=$(free_port)
     log "starting switchyard on $SP"
-    setsid "$SY" serve --model-repository model_repository --grpc-address 127.0.0.1 --grpc-port "$SP" \
+    setsid "$SY" serve --model-repository model_repository --grpc-address 127.0.0.1 --grpc-port "$SP" --metrics-port 0 \
         >"$OUT/switchyard.log" 2>&1 &
     PIDS+=($!)
     ADDR[switchyard]=127.0.0.1:$SP

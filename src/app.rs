@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 use crate::config::{ModelControlMode, Settings};
@@ -16,6 +16,7 @@ use crate::executor::cpu::OnnxCpu;
 use crate::grpc;
 use crate::registry::{Registry, lifecycle, reconciler};
 use crate::repository::watcher::{self, RepositoryWatcher, Trigger};
+use crate::telemetry::metrics;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -77,15 +78,61 @@ fn follow_repository(
     Ok(Some(watcher))
 }
 
-/// Runs the server on `listener` until `shutdown` resolves.
+/// The already-bound sockets the server answers on.
+pub struct Listeners {
+    /// gRPC: inference, health, reflection and management.
+    pub grpc: TcpListener,
+    /// Prometheus `/metrics`, when served.
+    pub metrics: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(grpc: TcpListener) -> Listeners {
+        Listeners {
+            grpc,
+            metrics: None,
+        }
+    }
+}
+
+/// Starts `/metrics` on its listener; it stops when `stopping` turns true.
+fn serve_metrics(
+    listener: Option<TcpListener>,
+    registry: &Arc<Registry>,
+    mut stopping: watch::Receiver<bool>,
+) -> Result<(), AppError> {
+    let Some(listener) = listener else {
+        return Ok(());
+    };
+    let addr = listener.local_addr().map_err(AppError::Listener)?;
+    info!(service = "metrics", addr = %addr, "listening");
+    let registry = Arc::clone(registry);
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        if let Err(e) = metrics::serve(listener, registry, stop).await {
+            warn!(error = %e, "metrics endpoint failed");
+        }
+    });
+    Ok(())
+}
+
+/// Runs the server on `listeners` until `shutdown` resolves.
 pub async fn run(
     settings: Settings,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
+    let Listeners {
+        grpc: listener,
+        metrics,
+    } = listeners.into();
     let registry = load_registry(&settings).await?;
     let _watch = follow_repository(&settings, &registry)?;
     let ready = Arc::new(AtomicBool::new(true));
+    let (stopping_tx, stopping) = watch::channel(false);
+    serve_metrics(metrics, &registry, stopping)?;
     let addr = listener.local_addr().map_err(AppError::Listener)?;
     let models = registry.models().len();
     info!(service = "grpc", addr = %addr, models, "listening");
@@ -96,6 +143,7 @@ pub async fn run(
         shutdown.await;
         info!("shutting down: no longer accepting, finishing in-flight requests");
         flag.store(false, Ordering::Release);
+        let _ = stopping_tx.send(true);
         let _ = begun.send(());
     };
     let context = grpc::Context {

@@ -28,7 +28,7 @@ pub struct ServeArgs {
     /// HTTP port [default: 8000] (the HTTP endpoint is not served yet).
     #[arg(long)]
     http_port: Option<u16>,
-    /// Metrics port [default: 8002] (metrics are not served yet).
+    /// Prometheus metrics port, serving /metrics on the gRPC address [default: 8002].
     #[arg(long)]
     metrics_port: Option<u16>,
     /// Model control mode: watch, poll, explicit or none [default: watch].
@@ -108,11 +108,20 @@ pub fn serve(settings: Settings) -> ExitCode {
     switchyard::telemetry::init_logging(settings.log_format, &settings.log_filter);
     let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
         rt.block_on(async {
-            let addr = format!("{}:{}", settings.grpc_address, settings.grpc_port);
-            let listener = TcpListener::bind(&addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            switchyard::app::run(settings, listener, shutdown_signal())
+            let shutdown = shutdown_signal();
+            let bind = |port: u16| {
+                let addr = format!("{}:{port}", settings.grpc_address);
+                async move {
+                    TcpListener::bind(&addr)
+                        .await
+                        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+                }
+            };
+            let listeners = switchyard::app::Listeners {
+                grpc: bind(settings.grpc_port).await?,
+                metrics: Some(bind(settings.metrics_port).await?),
+            };
+            switchyard::app::run(settings, listeners, shutdown)
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -127,26 +136,22 @@ pub fn serve(settings: Settings) -> ExitCode {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal that arrives while models are still loading is not lost
+/// (and does not kill the process with the default action).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = interrupt => {},
-                    _ = term.recv() => {},
-                }
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let interrupt = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = interrupt => {},
+                _ = term.recv() => {},
             }
-            Err(_) => {
-                let _ = interrupt.await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = interrupt.await;
     }
 }

@@ -87,7 +87,7 @@ pub struct Settings {
     pub grpc_port: u16,
     /// HTTP/REST port (Triton's `--http-port`); the HTTP endpoint is not served yet.
     pub http_port: u16,
-    /// Prometheus metrics port (Triton's `--metrics-port`); metrics are not served yet.
+    /// Prometheus metrics port (Triton's `--metrics-port`), on the gRPC address; 0 picks a free one.
     pub metrics_port: u16,
     /// How models are loaded and unloaded (Triton's `--model-control-mode`).
     pub model_control_mode: ModelControlMode,

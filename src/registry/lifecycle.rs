@@ -228,23 +228,27 @@ pub async fn reconcile(
     let mut versions = plan.keep;
     if !plan.load.is_empty() {
         let backend = Arc::clone(registry.backend());
-        let (name, source, config, schema) =
+        let (model, source, config, schema) =
             (name.to_string(), source.clone(), config.clone(), schema);
         let loads = plan.load;
         let loaded = tokio::task::spawn_blocking(move || {
             loads
                 .into_iter()
                 .map(|(v, previous)| {
-                    (
-                        v,
-                        load_version(&*backend, &name, &source, &config, &schema, v, previous),
-                    )
+                    let started = Instant::now();
+                    let status =
+                        load_version(&*backend, &model, &source, &config, &schema, v, previous);
+                    (v, status, started.elapsed())
                 })
                 .collect::<Vec<_>>()
         })
         .await
         .unwrap_or_default();
-        versions.extend(loaded);
+        for (_, status, took) in &loaded {
+            let ok = status.state == VersionState::Ready && status.reason.is_empty();
+            registry.events.load(name, ok, *took);
+        }
+        versions.extend(loaded.into_iter().map(|(v, status, _)| (v, status)));
     }
     // Versions the policy no longer selects keep serving until a selected one is ready and no
     // selected one is still settling: a new version never leaves a gap.
@@ -263,7 +267,8 @@ pub async fn reconcile(
     );
     let changed = !same_snapshot(&current, &snapshot);
     if changed {
-        log_swap(name, &current, &snapshot);
+        let retired = log_swap(name, &current, &snapshot);
+        registry.events.swap(name, retired);
         registry.publish(name, snapshot);
     }
     Reconciled {
@@ -432,7 +437,8 @@ fn same_snapshot(a: &ModelSnapshot, b: &ModelSnapshot) -> bool {
             .all(|((v, x), (w, y))| v == w && same_version(x, y))
 }
 
-fn log_swap(name: &str, old: &ModelSnapshot, new: &ModelSnapshot) {
+/// Logs a swap; returns how many serving versions it retired.
+fn log_swap(name: &str, old: &ModelSnapshot, new: &ModelSnapshot) -> usize {
     let ready = |s: &ModelSnapshot| -> Vec<u64> {
         s.versions
             .iter()
@@ -460,6 +466,7 @@ fn log_swap(name: &str, old: &ModelSnapshot, new: &ModelSnapshot) {
         retired = ?retired,
         "model snapshot swapped"
     );
+    retired.len()
 }
 
 /// The configuration in force: the file's, completed from the model file where it declares no

@@ -4,6 +4,7 @@
 //! swaps it in. A request holds its `Arc<ModelVersion>` until it is answered, so a retired version
 //! lives exactly as long as its last request.
 
+pub mod events;
 pub mod lifecycle;
 pub mod reconciler;
 pub mod stats;
@@ -202,6 +203,8 @@ pub struct Registry {
     root: PathBuf,
     backend: Arc<dyn Backend>,
     models: DashMap<String, Arc<Model>>,
+    /// Lifecycle counters, by model.
+    pub events: events::Events,
 }
 
 impl Registry {
@@ -211,6 +214,7 @@ impl Registry {
             root,
             backend,
             models: DashMap::new(),
+            events: events::Events::default(),
         }
     }
 

@@ -1,5 +1,7 @@
-//! Logging through tracing-subscriber: text or JSON lines on stdout, filtered by `RUST_LOG` or the
-//! configured filter.
+//! Logging through tracing-subscriber (text or JSON lines on stdout, filtered by `RUST_LOG` or the
+//! configured filter) and Prometheus metrics (`metrics`).
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

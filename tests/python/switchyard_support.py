@@ -138,6 +138,8 @@ class Daemon:
             "127.0.0.1",
             "--grpc-port",
             "0",
+            "--metrics-port",
+            "0",
             "--log-format",
             "json",
             *extra_args,

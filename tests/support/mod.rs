@@ -77,6 +77,8 @@ pub fn copy_dir(from: &Path, to: &Path) {
 /// A server running in-process on 127.0.0.1:0.
 pub struct Server {
     pub addr: std::net::SocketAddr,
+    /// Where `/metrics` is served.
+    pub metrics_addr: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), switchyard::app::AppError>>,
     _repo: Repo,
@@ -99,12 +101,19 @@ impl Server {
         settings.validate().expect("test settings are valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
+        let listeners = switchyard::app::Listeners {
+            grpc: listener,
+            metrics: Some(metrics),
+        };
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(switchyard::app::run(settings, listener, async move {
+        let task = tokio::spawn(switchyard::app::run(settings, listeners, async move {
             let _ = stopped.await;
         }));
         Server {
             addr,
+            metrics_addr,
             stop: Some(stop),
             task,
             _repo: repo,
@@ -121,6 +130,26 @@ impl Server {
             .await
             .expect("connect to the server");
         GrpcInferenceServiceClient::new(channel)
+    }
+
+    /// Fetches `/metrics` (plain HTTP/1.0, read to the end).
+    pub async fn scrape(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
+        body.to_string()
     }
 
     /// Triggers shutdown and waits for the server to finish.

@@ -1,0 +1,143 @@
+//! `/metrics` after a known mix of traffic: exact counts under Triton's names, and the lifecycle
+//! counters of a repository change.
+
+mod support;
+
+use support::{Repo, Server, i32_raw};
+use switchyard::grpc::pb::model_infer_request::InferInputTensor;
+use switchyard::grpc::pb::*;
+
+fn simple(a: i32, b: i32) -> ModelInferRequest {
+    let input = |name: &str| InferInputTensor {
+        name: name.into(),
+        datatype: "INT32".into(),
+        shape: vec![1, 16],
+        ..Default::default()
+    };
+    ModelInferRequest {
+        model_name: "simple".into(),
+        inputs: vec![input("INPUT0"), input("INPUT1")],
+        raw_input_contents: vec![i32_raw(&[a; 16]).into(), i32_raw(&[b; 16]).into()],
+        ..Default::default()
+    }
+}
+
+fn features(version: &str, batch: i64) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: "classifier".into(),
+        model_version: version.into(),
+        inputs: vec![InferInputTensor {
+            name: "features".into(),
+            datatype: "FP32".into(),
+            shape: vec![batch, 64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![vec![0u8; 4 * 64 * batch as usize].into()],
+        ..Default::default()
+    }
+}
+
+/// The value of one sample line, e.g. `nv_inference_count{model="simple",version="1"}`.
+fn value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(sample)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
+}
+
+#[tokio::test]
+async fn a_scrape_shows_exact_counts_per_model_and_version() {
+    let repo = Repo::new().shipped("simple").shipped("classifier");
+    let server = Server::start(repo).await;
+    let mut client = server.client().await;
+    for i in 0..3 {
+        client.model_infer(simple(i, 1)).await.unwrap();
+    }
+    // In debug builds INT32 overflow panics inside the model: an execution failure.
+    let overflow = client.model_infer(simple(i32::MAX, 1)).await;
+    let overflowed = overflow.is_err();
+    assert_eq!(
+        overflowed,
+        cfg!(debug_assertions),
+        "overflow checks decide the outcome"
+    );
+    client.model_infer(features("1", 4)).await.unwrap();
+    client.model_infer(features("1", 1)).await.unwrap();
+    client.model_infer(features("2", 2)).await.unwrap();
+    // Rejected before reaching the model: not counted as a model failure (as in Triton).
+    let mut bad = simple(0, 0);
+    bad.inputs[0].datatype = "FP32".into();
+    client.model_infer(bad).await.unwrap_err();
+
+    let text = server.scrape().await;
+    let ok = if overflowed { 3.0 } else { 4.0 };
+    assert_eq!(
+        value(
+            &text,
+            "nv_inference_request_success{model=\"simple\",version=\"1\"}"
+        ),
+        ok
+    );
+    assert_eq!(
+        value(
+            &text,
+            "nv_inference_request_failure{model=\"simple\",version=\"1\"}"
+        ),
+        4.0 - ok
+    );
+    assert_eq!(
+        value(
+            &text,
+            "nv_inference_request_success{model=\"classifier\",version=\"1\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "nv_inference_count{model=\"classifier\",version=\"1\"}"
+        ),
+        5.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "nv_inference_exec_count{model=\"classifier\",version=\"1\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "nv_inference_count{model=\"classifier\",version=\"2\"}"
+        ),
+        2.0
+    );
+    assert!(
+        value(
+            &text,
+            "nv_inference_request_duration_us{model=\"classifier\",version=\"2\"}"
+        ) > 0.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "switchyard_model_loads_total{model=\"classifier\",outcome=\"success\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "switchyard_model_version_ready{model=\"classifier\",version=\"2\"}"
+        ),
+        1.0
+    );
+    assert!(
+        text.contains("# TYPE nv_inference_request_success counter"),
+        "{text}"
+    );
+    server.stop().await;
+}
