@@ -127,12 +127,23 @@ pub async fn load_model(registry: &Arc<Registry>, name: &str, scanned: ScannedMo
     )
     .await;
     let snapshot = registry.get(name)?.snapshot();
-    if snapshot.default_version.is_some() && snapshot.reason.is_empty() {
+    let failed: Vec<String> = snapshot
+        .versions
+        .iter()
+        .filter(|(_, s)| !s.reason.is_empty())
+        .map(|(v, s)| format!("version {v}: {}", s.reason))
+        .collect();
+    if snapshot.default_version.is_some() && snapshot.reason.is_empty() && failed.is_empty() {
         return Ok(());
     }
+    let reason = if failed.is_empty() {
+        super::not_ready_reason(&snapshot)
+    } else {
+        failed.join("; ")
+    };
     Err(Error::Config {
         model: name.to_string(),
-        reason: format!("failed to load: {}", super::not_ready_reason(&snapshot)),
+        reason: format!("failed to load: {reason}"),
     })
 }
 
