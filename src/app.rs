@@ -118,6 +118,27 @@ fn serve_metrics(
     Ok(())
 }
 
+/// Logs the GPUs found at start-up, or why there are none.
+fn log_gpus() {
+    let probe = crate::executor::cuda::gpus();
+    match &probe.unavailable {
+        Some(reason) => info!(%reason, "no usable GPU; models run on the CPU"),
+        None => {
+            for gpu in &probe.gpus {
+                info!(
+                    ordinal = gpu.ordinal,
+                    name = %gpu.name,
+                    compute_capability = ?gpu.compute_capability,
+                    memory_mib = gpu.total_memory_bytes >> 20,
+                    nvrtc = probe.nvrtc,
+                    cublas = probe.cublas,
+                    "GPU found"
+                );
+            }
+        }
+    }
+}
+
 /// Runs the server on `listeners` until `shutdown` resolves.
 pub async fn run(
     settings: Settings,
@@ -128,6 +149,7 @@ pub async fn run(
         grpc: listener,
         metrics,
     } = listeners.into();
+    log_gpus();
     let registry = load_registry(&settings).await?;
     let _watch = follow_repository(&settings, &registry)?;
     let ready = Arc::new(AtomicBool::new(true));

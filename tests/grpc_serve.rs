@@ -278,3 +278,39 @@ async fn statistics_count_what_was_served() {
     assert!(s.last_inference > 0);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_gpu_model_without_a_gpu_executor_fails_alone_with_the_reason() {
+    let config =
+        std::fs::read_to_string(support::root().join("model_repository/simple/config.pbtxt"))
+            .unwrap()
+            .replace("name: \"simple\"", "name: \"simple_gpu\"")
+            .replace("KIND_CPU", "KIND_GPU");
+    let model =
+        std::fs::read(support::root().join("model_repository/simple/1/model.onnx")).unwrap();
+    let repo = Repo::new()
+        .shipped("simple")
+        .file("simple_gpu/config.pbtxt", config)
+        .file("simple_gpu/1/model.onnx", model);
+    let server = Server::start(repo).await;
+    let mut client = server.client().await;
+    let index = client
+        .repository_index(RepositoryIndexRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let gpu = index
+        .models
+        .iter()
+        .find(|m| m.name == "simple_gpu")
+        .unwrap();
+    assert_eq!(gpu.state, "UNAVAILABLE");
+    assert!(gpu.reason.contains("GPU"), "{}", gpu.reason);
+    let ok = client
+        .model_infer(simple_request(&[1; 16], &[2; 16], 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(raw_i32(&ok.raw_output_contents[0]), vec![3; 16]);
+    server.stop().await;
+}

@@ -3,6 +3,7 @@
 //! behind a `Runner`, never on the async runtime.
 
 pub mod cpu;
+pub mod cuda;
 pub mod runner;
 
 use std::path::Path;

@@ -524,19 +524,18 @@ fn check_runnable(config: &ModelConfig) -> Result<(), String> {
             config.platform, config.backend
         ));
     }
-    for group in &config.instance_group {
+    for (index, group) in config.instance_group.iter().enumerate() {
+        let label = if group.name.is_empty() {
+            format!("#{index}")
+        } else {
+            format!("'{}'", group.name)
+        };
         if group.kind == Kind::Gpu as i32 {
-            return Err(format!(
-                "instance group '{}' asks for KIND_GPU, but no GPU executor is available; \
-                 use KIND_CPU",
-                group.name
-            ));
+            let refusal = crate::executor::cuda::gpu_load_refusal();
+            return Err(format!("instance group {label}: {refusal}"));
         }
         if group.count < 0 {
-            return Err(format!(
-                "instance group '{}' has a negative count",
-                group.name
-            ));
+            return Err(format!("instance group {label} has a negative count"));
         }
     }
     Ok(())
