@@ -116,16 +116,15 @@ pub async fn load_all(registry: &Arc<Registry>, names: Option<&[String]>) -> std
     Ok(())
 }
 
+/// Reconciles one model as asked by a command: files are taken as they are, no settling.
+async fn reconcile_now(registry: &Arc<Registry>, name: &str, scanned: ScannedModel) -> Reconciled {
+    let mut looks = Looks::default();
+    reconcile(registry, name, scanned, &mut looks, Settle::IMMEDIATE).await
+}
+
 /// Loads (or reloads) one model from its scanned source; the error says why it cannot serve.
 pub async fn load_model(registry: &Arc<Registry>, name: &str, scanned: ScannedModel) -> Result<()> {
-    reconcile(
-        registry,
-        name,
-        scanned,
-        &mut Looks::default(),
-        Settle::IMMEDIATE,
-    )
-    .await;
+    reconcile_now(registry, name, scanned).await;
     let snapshot = registry.get(name)?.snapshot();
     let failed: Vec<String> = snapshot
         .versions
@@ -178,14 +177,7 @@ pub async fn pin(registry: &Arc<Registry>, name: &str, version: Option<u64>) -> 
     }
     let previous = model.snapshot();
     model.publish(previous.with_pin(version));
-    reconcile(
-        registry,
-        name,
-        scanned,
-        &mut Looks::default(),
-        Settle::IMMEDIATE,
-    )
-    .await;
+    reconcile_now(registry, name, scanned).await;
     let now = model.snapshot();
     match version {
         None => info!(model = name, "model unpinned"),
