@@ -49,6 +49,12 @@ pub struct ServeArgs {
     /// Largest gRPC message accepted or sent, in bytes [default: 67108864].
     #[arg(long)]
     grpc_max_message_bytes: Option<u64>,
+    /// OTLP/gRPC endpoint for traces, e.g. http://127.0.0.1:4317 [default: OTEL_EXPORTER_OTLP_ENDPOINT, else off].
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    /// Share of traces started here that are recorded, 0.0 to 1.0 [default: 1.0].
+    #[arg(long)]
+    trace_sampling_ratio: Option<f64>,
     /// Log format: text or json [default: text].
     #[arg(long)]
     log_format: Option<String>,
@@ -90,6 +96,11 @@ impl ServeArgs {
             self.grpc_max_message_bytes.map(Into::into),
         );
         set("log_format", self.log_format.clone().map(Into::into));
+        set("otlp_endpoint", self.otlp_endpoint.clone().map(Into::into));
+        set(
+            "trace_sampling_ratio",
+            self.trace_sampling_ratio.map(Into::into),
+        );
         if !self.load_model.is_empty() {
             set("load_model", Some(self.load_model.clone().into()));
         }
@@ -105,7 +116,19 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// `switchyard serve`.
 pub fn serve(settings: Settings) -> ExitCode {
-    switchyard::telemetry::init_logging(settings.log_format, &settings.log_filter);
+    let telemetry = switchyard::telemetry::init(&switchyard::telemetry::TelemetryConfig {
+        log_format: settings.log_format,
+        log_filter: settings.log_filter.clone(),
+        otlp_endpoint: settings.otlp_endpoint.clone(),
+        trace_sampling_ratio: settings.trace_sampling_ratio,
+    });
+    let _traces = match telemetry {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
         rt.block_on(async {
             let shutdown = shutdown_signal();

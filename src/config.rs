@@ -40,6 +40,8 @@ pub const SETTING_KEYS: &[&str] = &[
     "repository_settle_ms",
     "exit_timeout_secs",
     "grpc_max_message_bytes",
+    "otlp_endpoint",
+    "trace_sampling_ratio",
     "log_format",
     "log_filter",
 ];
@@ -104,6 +106,12 @@ pub struct Settings {
     pub exit_timeout_secs: u64,
     /// Largest gRPC message accepted or sent, in bytes; protects memory before decoding.
     pub grpc_max_message_bytes: usize,
+    /// OTLP/gRPC endpoint for traces (e.g. `http://127.0.0.1:4317`); unset: the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` environment, else no traces.
+    pub otlp_endpoint: Option<String>,
+    /// Share of traces started here that are recorded, 0.0 to 1.0 (a caller's sampled parent is
+    /// always followed).
+    pub trace_sampling_ratio: f64,
     /// Log format: text or json.
     pub log_format: LogFormat,
     /// Log filter in `RUST_LOG` syntax, used when `RUST_LOG` is unset.
@@ -125,6 +133,8 @@ impl Default for Settings {
             repository_settle_ms: DEFAULT_REPOSITORY_SETTLE_MS,
             exit_timeout_secs: DEFAULT_EXIT_TIMEOUT_SECS,
             grpc_max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            otlp_endpoint: None,
+            trace_sampling_ratio: 1.0,
             log_format: LogFormat::Text,
             log_filter: "info".to_string(),
         }
@@ -200,6 +210,12 @@ impl Settings {
             return invalid(format!(
                 "grpc_max_message_bytes {} is below 1024",
                 self.grpc_max_message_bytes
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.trace_sampling_ratio) {
+            return invalid(format!(
+                "trace_sampling_ratio {} is outside 0.0..=1.0",
+                self.trace_sampling_ratio
             ));
         }
         if self.repository_poll_secs == 0 || self.repository_rescan_secs == 0 {

@@ -5,6 +5,7 @@ mod convert;
 mod service;
 mod statistics;
 mod status;
+mod trace;
 mod traffic;
 
 use std::future::Future;

@@ -18,7 +18,8 @@ use super::pb::grpc_inference_service_server::GrpcInferenceService;
 use super::pb::model_metadata_response::TensorMetadata;
 use super::pb::repository_index_response::ModelIndex;
 use super::pb::*;
-use super::{Context, convert, statistics};
+use super::{Context, convert, statistics, trace};
+use tracing::Instrument;
 
 /// Requests of one stream processed at once; answers still leave in request order.
 const STREAM_CONCURRENCY: usize = 16;
@@ -47,6 +48,26 @@ impl InferenceService {
             .pick(&request.model_name, &request.model_version)?;
         let response = version.infer(request).await?;
         Ok(convert::infer_response(response))
+    }
+
+    /// `infer` inside a request span continuing the caller's trace.
+    async fn traced_infer(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        method: &'static str,
+        request: ModelInferRequest,
+    ) -> Result<ModelInferResponse, Error> {
+        let span = trace::request_span(
+            metadata,
+            method,
+            &request.model_name,
+            &request.model_version,
+        );
+        let outcome = self.infer(request).instrument(span.clone()).await;
+        let served = outcome.as_ref().ok().map(|r| r.model_version.as_str());
+        let error = outcome.as_ref().err().map(|e| e.to_string());
+        trace::record_outcome(&span, served, error.as_deref());
+        outcome
     }
 
     fn require_explicit(&self) -> Result<(), Error> {
@@ -168,7 +189,10 @@ impl GrpcInferenceService for InferenceService {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Reply<ModelInferResponse> {
-        Ok(Response::new(self.infer(request.into_inner()).await?))
+        let (metadata, _, request) = request.into_parts();
+        Ok(Response::new(
+            self.traced_infer(&metadata, "ModelInfer", request).await?,
+        ))
     }
 
     type ModelStreamInferStream = InferStream;
@@ -178,15 +202,20 @@ impl GrpcInferenceService for InferenceService {
         request: Request<Streaming<ModelInferRequest>>,
     ) -> Reply<Self::ModelStreamInferStream> {
         let service = self.clone();
-        let answers = request
-            .into_inner()
+        let (metadata, _, stream) = request.into_parts();
+        let metadata = Arc::new(metadata);
+        let answers = stream
             .take_while(|r| std::future::ready(r.is_ok()))
             .filter_map(|r| std::future::ready(r.ok()))
             .map(move |request| {
                 let service = service.clone();
+                let metadata = Arc::clone(&metadata);
                 async move {
                     let (id, model) = (request.id.clone(), request.model_name.clone());
-                    let answer = match service.infer(request).await {
+                    let answered = service
+                        .traced_infer(&metadata, "ModelStreamInfer", request)
+                        .await;
+                    let answer = match answered {
                         Ok(response) => ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(response),
