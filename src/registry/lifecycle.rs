@@ -9,8 +9,9 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
+use crate::batching::{Scheduler, SchedulingConfig};
 use crate::error::{Error, Result};
-use crate::executor::{Backend, Runner};
+use crate::executor::Backend;
 use crate::proto::inference::ModelConfig;
 use crate::proto::inference::model_instance_group::Kind;
 use crate::repository::{self, ModelSource};
@@ -125,11 +126,17 @@ fn load_versions(backend: &dyn Backend, name: &str, source: &ModelSource) -> Mod
         warn!(model = name, reason, "model has no versions to serve");
         return ModelSnapshot::unavailable(reason);
     }
-    let instances = instance_count(&config);
+    let scheduling = match SchedulingConfig::from_model_config(&config, instance_count(&config)) {
+        Ok(scheduling) => scheduling,
+        Err(reason) => {
+            warn!(model = name, %reason, "model configuration is invalid");
+            return ModelSnapshot::unavailable(reason);
+        }
+    };
     let mut versions = BTreeMap::new();
     for version in selected {
         let file = &source.versions[&version];
-        let status = load_version(backend, &schema, name, version, file, instances);
+        let status = load_version(backend, &schema, name, version, file, &scheduling);
         versions.insert(version, status);
     }
     ModelSnapshot::new(Arc::new(config), versions)
@@ -141,14 +148,15 @@ fn load_version(
     name: &str,
     version: u64,
     file: &std::path::Path,
-    instances: usize,
+    scheduling: &SchedulingConfig,
 ) -> VersionStatus {
     let started = Instant::now();
+    let instances = scheduling.instances;
     let loaded = backend
         .load(schema, file)
-        .and_then(|model| Runner::start(&model, instances, &format!("{name}/{version}")));
+        .and_then(|model| Scheduler::start(&model, scheduling, name, version));
     match loaded {
-        Ok(runner) => {
+        Ok(scheduler) => {
             let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
             info!(
                 model = name,
@@ -161,7 +169,7 @@ fn load_version(
                     name,
                     version,
                     Arc::clone(schema),
-                    runner,
+                    scheduler,
                 ))),
             }
         }
