@@ -273,3 +273,35 @@ async fn a_panicking_execution_fails_only_its_own_requests() {
     assert_eq!(statistics(&server, "classifier").await.inference_count, 40);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_keeps_failing_is_taken_out_of_service() {
+    let fragile = r#"parameters { key: "circuit_breaker_min_executions" value: { string_value: "2" } }
+parameters { key: "circuit_breaker_open_secs" value: { string_value: "600" } }"#;
+    let repo = Repo::new().shipped("simple").shipped_as(
+        "simple",
+        "fragile",
+        &simple_config("fragile", fragile),
+    );
+    let server = Server::start(repo).await;
+    let mut client = server.client().await;
+    for _ in 0..2 {
+        let status = client
+            .model_infer(simple("fragile", i32::MAX, 1))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Internal, "{status:?}");
+    }
+    let status = client
+        .model_infer(simple("fragile", 1, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("out of service"), "{status:?}");
+    let ok = client.model_infer(simple("simple", 1, 1)).await.unwrap();
+    assert_eq!(
+        raw_i32(&ok.into_inner().raw_output_contents[0]),
+        vec![2; 16]
+    );
+    server.stop().await;
+}
