@@ -305,3 +305,35 @@ parameters { key: "circuit_breaker_open_secs" value: { string_value: "600" } }"#
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_naming_no_version_move_off_a_version_out_of_service() {
+    let config = simple_config(
+        "simple",
+        r#"version_policy: { all: {} }
+parameters { key: "circuit_breaker_min_executions" value: { string_value: "2" } }
+parameters { key: "circuit_breaker_open_secs" value: { string_value: "600" } }"#,
+    );
+    let model =
+        std::fs::read(support::root().join("model_repository/simple/1/model.onnx")).unwrap();
+    let repo = Repo::new()
+        .shipped_as("simple", "simple", &config)
+        .file("simple/2/model.onnx", model);
+    let server = Server::start(repo).await;
+    let mut client = server.client().await;
+    let served = |r: ModelInferResponse| r.model_version;
+    let first = client.model_infer(simple("simple", 1, 1)).await.unwrap();
+    assert_eq!(served(first.into_inner()), "2");
+    for _ in 0..2 {
+        let mut poison = simple("simple", i32::MAX, 1);
+        poison.model_version = "2".into();
+        client.model_infer(poison).await.unwrap_err();
+    }
+    let moved = client.model_infer(simple("simple", 1, 1)).await.unwrap();
+    assert_eq!(served(moved.into_inner()), "1");
+    let mut named = simple("simple", 1, 1);
+    named.model_version = "2".into();
+    let status = client.model_infer(named).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    server.stop().await;
+}

@@ -124,6 +124,7 @@ impl Model {
                 .default_version
                 .and_then(|v| snapshot.versions.get(&v))
                 .and_then(|s| s.serving.clone())
+                .map(|default| in_service(default, &snapshot))
                 .ok_or_else(|| Error::NotReady {
                     model: self.name.clone(),
                     reason: not_ready_reason(&snapshot),
@@ -147,6 +148,24 @@ impl Model {
             reason: status.reason.clone(),
         })
     }
+}
+
+/// The default version, or while it is out of service (its circuit breaker open) the newest ready
+/// version that is in service; the default still when none is.
+fn in_service(default: Arc<ModelVersion>, snapshot: &ModelSnapshot) -> Arc<ModelVersion> {
+    if default.is_healthy() {
+        return default;
+    }
+    let healthy = snapshot
+        .versions
+        .values()
+        .rev()
+        .filter_map(|s| s.serving.as_ref());
+    healthy
+        .into_iter()
+        .find(|v| v.is_healthy())
+        .cloned()
+        .unwrap_or(default)
 }
 
 fn not_ready_reason(snapshot: &ModelSnapshot) -> String {
