@@ -156,13 +156,11 @@ fn in_service(default: Arc<ModelVersion>, snapshot: &ModelSnapshot) -> Arc<Model
     if default.is_healthy() {
         return default;
     }
-    let healthy = snapshot
+    snapshot
         .versions
         .values()
         .rev()
-        .filter_map(|s| s.serving.as_ref());
-    healthy
-        .into_iter()
+        .filter_map(|s| s.serving.as_ref())
         .find(|v| v.is_healthy())
         .cloned()
         .unwrap_or(default)
