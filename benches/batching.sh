@@ -11,6 +11,7 @@
 #   BATCH_DELAY_US=500   max_queue_delay_microseconds of the batched copy
 #   BATCH_CONNECTIONS=4  HTTP/2 connections per perf run
 #   BATCH_SKIP_BUILD=1   use target/release/switchyard as it is
+#   BATCH_BIN=PATH       run this switchyard binary instead (implies BATCH_SKIP_BUILD)
 #   BATCH_OUT=DIR        keep the repository, logs and JSON there
 set -euo pipefail
 
@@ -38,8 +39,8 @@ trap 'exit 130' INT TERM
 log() { echo "batching: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-SY=$ROOT/target/release/switchyard
-if [[ -z ${BATCH_SKIP_BUILD:-} ]]; then
+SY=${BATCH_BIN:-$ROOT/target/release/switchyard}
+if [[ -z ${BATCH_SKIP_BUILD:-} && -z ${BATCH_BIN:-} ]]; then
     log "cargo build --release"
     cargo build --release --bin switchyard
 fi

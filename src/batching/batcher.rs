@@ -4,13 +4,17 @@
 //! the runtime itself, so the runtime is woken from an instance thread once per batch, not once per
 //! request. Requests leave the queue when their timeout expires (DEADLINE_EXCEEDED) or their caller
 //! goes away; a full level refuses at once (RESOURCE_EXHAUSTED), counted with one atomic.
+//!
+//! Deadlines (the queue delay, request timeouts) are kept by a small timer thread: tokio's timer
+//! has millisecond granularity, which would stretch a 500 µs queue delay to 1–2 ms. Tests use the
+//! runtime's timer instead, so that they run under paused time.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -38,6 +42,15 @@ struct Pending {
     reply: Reply,
 }
 
+/// How the batcher waits until a deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// tokio's timer: millisecond granularity, follows paused time (for tests).
+    Runtime,
+    /// A dedicated thread sleeping with microsecond precision.
+    Thread,
+}
+
 /// The handle requests use to reach a version's batcher.
 pub struct Batcher {
     arrivals: mpsc::UnboundedSender<Pending>,
@@ -55,6 +68,7 @@ impl Batcher {
         instances: usize,
         config: Arc<DynamicConfig>,
         subject: String,
+        timer: Timer,
     ) -> Batcher {
         let (arrivals, arrived) = mpsc::unbounded_channel();
         let queued: Arc<[AtomicUsize]> =
@@ -75,7 +89,11 @@ impl Batcher {
             next_answer: 0,
             sizes: Vec::new(),
         };
-        tokio::spawn(task.run(arrived, finished));
+        let alarm = match timer {
+            Timer::Runtime => None,
+            Timer::Thread => Alarm::start(&subject),
+        };
+        tokio::spawn(task.run(arrived, finished, alarm));
         Batcher {
             arrivals,
             queued,
@@ -157,6 +175,7 @@ impl Task {
         mut self,
         mut arrived: mpsc::UnboundedReceiver<Pending>,
         mut finished: mpsc::UnboundedReceiver<BatchDone>,
+        mut alarm: Option<Alarm>,
     ) {
         let mut open = true;
         let mut wake: Option<Instant> = None;
@@ -168,7 +187,7 @@ impl Task {
                     Some(pending) => self.push(pending),
                     None => open = false,
                 },
-                () = sleep_until(wake), if wake.is_some() => {}
+                () = wait_until(wake, alarm.as_ref()), if wake.is_some() => {}
             }
             while let Ok(done) = finished.try_recv() {
                 self.finish(done);
@@ -181,6 +200,9 @@ impl Task {
                 }
             }
             wake = self.step(Instant::now());
+            if let Some(alarm) = &mut alarm {
+                alarm.arm(wake);
+            }
             if !open && self.queues.iter().all(VecDeque::is_empty) && self.in_flight.is_empty() {
                 break;
             }
@@ -361,10 +383,68 @@ impl Task {
     }
 }
 
-async fn sleep_until(wake: Option<Instant>) {
-    match wake {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+async fn wait_until(wake: Option<Instant>, alarm: Option<&Alarm>) {
+    match (alarm, wake) {
+        (Some(alarm), _) => alarm.rang.notified().await,
+        (None, Some(at)) => tokio::time::sleep_until(at).await,
+        (None, None) => std::future::pending().await,
+    }
+}
+
+/// The timer thread: waits for the instant last set and then wakes the batcher. A wake for an
+/// instant that was since replaced only makes the batcher look at its queue once more.
+struct Alarm {
+    set: crossbeam_channel::Sender<Option<std::time::Instant>>,
+    rang: Arc<Notify>,
+    armed: Option<Instant>,
+}
+
+impl Alarm {
+    /// Starts the thread; without one (the system refused) the batcher falls back to tokio's timer.
+    fn start(subject: &str) -> Option<Alarm> {
+        let (set, settings) = crossbeam_channel::unbounded::<Option<std::time::Instant>>();
+        let rang = Arc::new(Notify::new());
+        let ring = Arc::clone(&rang);
+        let spawned = std::thread::Builder::new()
+            .name("batcher-timer".into())
+            .spawn(move || {
+                let mut at = None;
+                loop {
+                    let next = match at {
+                        Some(at) => settings.recv_deadline(at),
+                        None => settings
+                            .recv()
+                            .map_err(|_| crossbeam_channel::RecvTimeoutError::Disconnected),
+                    };
+                    match next {
+                        Ok(new) => at = new,
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                            at = None;
+                            ring.notify_one();
+                        }
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => Some(Alarm {
+                set,
+                rang,
+                armed: None,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, subject, "no batcher timer thread; using the runtime's timer");
+                None
+            }
+        }
+    }
+
+    /// Sets the instant to wake at (none: stay quiet).
+    fn arm(&mut self, at: Option<Instant>) {
+        if at != self.armed {
+            self.armed = at;
+            let _ = self.set.send(at.map(Instant::into_std));
+        }
     }
 }
 

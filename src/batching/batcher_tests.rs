@@ -58,6 +58,7 @@ impl Harness {
             instances,
             config,
             "model 'm' version 1".into(),
+            Timer::Runtime,
         ));
         Harness { batcher, jobs }
     }

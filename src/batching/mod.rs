@@ -34,7 +34,7 @@ use crate::registry::stats::VersionStats;
 use crate::schema::CheckedInputs;
 use crate::tensor::Parameter;
 
-use batcher::Batcher;
+use batcher::{Batcher, Timer};
 use limits::{Breaker, BreakerConfig, RateLimit};
 use policy::BatchPolicy;
 
@@ -253,6 +253,7 @@ impl Scheduler {
                     runner.count(),
                     Arc::new(dynamic.clone()),
                     subject.clone(),
+                    Timer::Thread,
                 ))
             }
         };
