@@ -268,3 +268,32 @@ async fn a_failed_batch_fails_only_its_requests() {
     Harness::answer(h.jobs.try_recv().unwrap());
     assert_eq!(value(&fine.await.unwrap().unwrap()), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn preserve_ordering_holds_later_batches_back() {
+    let config = Arc::new(DynamicConfig {
+        policy: BatchPolicy {
+            max_batch_size: 1,
+            preferred: Vec::new(),
+            max_queue_delay: Duration::ZERO,
+        },
+        preserve_ordering: true,
+        levels: vec![unbounded()],
+        default_level: 0,
+    });
+    let h = Harness::new(config, 2);
+    let first = h.send(1, 1, None);
+    h.settle().await;
+    let second = h.send(2, 1, None);
+    h.settle().await;
+    let (one, two) = (h.jobs.try_recv().unwrap(), h.jobs.try_recv().unwrap());
+    Harness::answer(two);
+    h.settle().await;
+    assert!(
+        !second.is_finished(),
+        "the second answer waits for the first"
+    );
+    Harness::answer(one);
+    assert_eq!(value(&first.await.unwrap().unwrap()), 1);
+    assert_eq!(value(&second.await.unwrap().unwrap()), 2);
+}
