@@ -5,16 +5,14 @@
 //! request. Requests leave the queue when their timeout expires (DEADLINE_EXCEEDED) or their caller
 //! goes away; a full level refuses at once (RESOURCE_EXHAUSTED), counted with one atomic.
 //!
-//! Deadlines (the queue delay, request timeouts) are kept by a small timer thread: tokio's timer
-//! has millisecond granularity, which would stretch a 500 µs queue delay to 1–2 ms. Tests use the
-//! runtime's timer instead, so that they run under paused time.
+//! Deadlines (the queue delay, request timeouts) are kept by [`super::timer`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -24,6 +22,7 @@ use crate::tensor::Tensor;
 
 use super::DynamicConfig;
 use super::policy::{Decision, QueueSummary, decide};
+use super::timer::{Alarm, Timer, wait_until};
 
 /// The non-batch dimensions of each input (`None` for an absent optional one): requests run in one
 /// batch only when these agree.
@@ -40,15 +39,6 @@ struct Pending {
     enqueued: Instant,
     deadline: Option<Instant>,
     reply: Reply,
-}
-
-/// How the batcher waits until a deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Timer {
-    /// tokio's timer: millisecond granularity, follows paused time (for tests).
-    Runtime,
-    /// A dedicated thread sleeping with microsecond precision.
-    Thread,
 }
 
 /// The handle requests use to reach a version's batcher.
@@ -380,71 +370,6 @@ impl Task {
             ))));
         }
         None
-    }
-}
-
-async fn wait_until(wake: Option<Instant>, alarm: Option<&Alarm>) {
-    match (alarm, wake) {
-        (Some(alarm), _) => alarm.rang.notified().await,
-        (None, Some(at)) => tokio::time::sleep_until(at).await,
-        (None, None) => std::future::pending().await,
-    }
-}
-
-/// The timer thread: waits for the instant last set and then wakes the batcher. A wake for an
-/// instant that was since replaced only makes the batcher look at its queue once more.
-struct Alarm {
-    set: crossbeam_channel::Sender<Option<std::time::Instant>>,
-    rang: Arc<Notify>,
-    armed: Option<Instant>,
-}
-
-impl Alarm {
-    /// Starts the thread; without one (the system refused) the batcher falls back to tokio's timer.
-    fn start(subject: &str) -> Option<Alarm> {
-        let (set, settings) = crossbeam_channel::unbounded::<Option<std::time::Instant>>();
-        let rang = Arc::new(Notify::new());
-        let ring = Arc::clone(&rang);
-        let spawned = std::thread::Builder::new()
-            .name("batcher-timer".into())
-            .spawn(move || {
-                let mut at = None;
-                loop {
-                    let next = match at {
-                        Some(at) => settings.recv_deadline(at),
-                        None => settings
-                            .recv()
-                            .map_err(|_| crossbeam_channel::RecvTimeoutError::Disconnected),
-                    };
-                    match next {
-                        Ok(new) => at = new,
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                            at = None;
-                            ring.notify_one();
-                        }
-                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-                    }
-                }
-            });
-        match spawned {
-            Ok(_) => Some(Alarm {
-                set,
-                rang,
-                armed: None,
-            }),
-            Err(e) => {
-                tracing::warn!(error = %e, subject, "no batcher timer thread; using the runtime's timer");
-                None
-            }
-        }
-    }
-
-    /// Sets the instant to wake at (none: stay quiet).
-    fn arm(&mut self, at: Option<Instant>) {
-        if at != self.armed {
-            self.armed = at;
-            let _ = self.set.send(at.map(Instant::into_std));
-        }
     }
 }
 

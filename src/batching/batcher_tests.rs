@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 use super::*;
 use crate::batching::QueuePolicy;
 use crate::batching::policy::BatchPolicy;
+use crate::batching::timer::Timer;
 use crate::tensor::DataType;
 
 const MS: Duration = Duration::from_millis(1);

@@ -19,6 +19,7 @@ pub mod batcher;
 pub mod limits;
 pub mod merge;
 pub mod policy;
+pub mod timer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,9 +35,10 @@ use crate::registry::stats::VersionStats;
 use crate::schema::CheckedInputs;
 use crate::tensor::Parameter;
 
-use batcher::{Batcher, Timer};
+use batcher::Batcher;
 use limits::{Breaker, BreakerConfig, RateLimit};
 use policy::BatchPolicy;
+use timer::Timer;
 
 /// Request parameter giving the request's queue timeout in microseconds (Triton's `timeout`).
 pub const TIMEOUT_PARAMETER: &str = "timeout";
