@@ -9,7 +9,8 @@
 # Environment (all optional):
 #   COMPARE_ROUNDS=3  COMPARE_SECS=5  COMPARE_WARMUP_SECS=1  COMPARE_CONCURRENCY=8  COMPARE_BATCH=1
 #   COMPARE_CONNECTIONS=4   HTTP/2 connections per perf run
-#   COMPARE_TARGETS="triton switchyard bare"   subset/order of targets
+#   COMPARE_TARGETS="triton switchyard bare"   subset/order of targets; `baseline` adds a second
+#                           switchyard binary, COMPARE_BASELINE_BIN (e.g. a build of an older commit)
 #   COMPARE_SKIP_BUILD=1    use the binaries already in target/ (bare: COMPARE_BARE_BIN or the newest one)
 #   COMPARE_VENV=.venv-peers   COMPARE_READY_SECS=120   COMPARE_OUT=DIR (keep logs and JSON there)
 set -euo pipefail
@@ -135,6 +136,19 @@ if [[ " ${TARGETS[*]} " == *" switchyard "* ]]; then
     wait_ready switchyard "${PIDS[-1]}" "${ADDR[switchyard]}"
 fi
 
+# --- a second switchyard binary, to compare two builds in one run ---
+if [[ " ${TARGETS[*]} " == *" baseline "* ]]; then
+    BASE=${COMPARE_BASELINE_BIN:-}
+    [[ -n $BASE && -x $BASE ]] || die "target baseline needs COMPARE_BASELINE_BIN"
+    BP=$(free_port)
+    log "starting baseline ($BASE) on $BP"
+    setsid "$BASE" serve --model-repository model_repository --grpc-address 127.0.0.1 --grpc-port "$BP" \
+        >"$OUT/baseline.log" 2>&1 &
+    PIDS+=($!)
+    ADDR[baseline]=127.0.0.1:$BP
+    wait_ready baseline "${PIDS[-1]}" "${ADDR[baseline]}"
+fi
+
 # --- bare tonic ---
 if [[ " ${TARGETS[*]} " == *" bare "* ]]; then
     setsid "$BARE" --port 0 >"$OUT/bare.log" 2>&1 &
@@ -195,6 +209,8 @@ print()
 ratio("switchyard", "triton", "req/s")
 ratio("switchyard", "bare", "req/s")
 ratio("switchyard", "bare", "p99 us")
+ratio("switchyard", "baseline", "req/s")
+ratio("baseline", "bare", "req/s")
 if any(m["errors"] for m in med.values()):
     print("WARNING: some runs had errors; see the JSON files")
 print(f"(logs and JSON in {out})")

@@ -13,6 +13,8 @@ pub enum Code {
     Unavailable,
     /// A limit was hit; retrying later may succeed (RESOURCE_EXHAUSTED).
     ResourceExhausted,
+    /// The request's timeout expired before it ran (DEADLINE_EXCEEDED).
+    DeadlineExceeded,
     /// The model failed while executing (INTERNAL).
     Internal,
     /// The operation is not provided by this server (UNIMPLEMENTED).
@@ -66,6 +68,10 @@ pub enum Error {
     #[error("{0}")]
     Exhausted(String),
 
+    /// The request waited longer than its timeout; the message names the model and version.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+
     /// The operation exists in the protocol but is not provided.
     #[error("{0}")]
     Unsupported(String),
@@ -80,6 +86,7 @@ impl Error {
             Error::NotReady { .. } | Error::Unavailable(_) => Code::Unavailable,
             Error::Load { .. } | Error::Execution { .. } => Code::Internal,
             Error::Exhausted(_) => Code::ResourceExhausted,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Unsupported(_) => Code::Unimplemented,
         }
     }

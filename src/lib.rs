@@ -6,6 +6,8 @@
 //! - [`registry`]: the live models; each publishes one immutable snapshot through `ArcSwap`.
 //!   [`registry::lifecycle`] loads versions off the request path and swaps them in when ready.
 //! - [`schema`]: a model's checked tensor interface, applied to every request.
+//! - [`batching`]: scheduling onto instances — the dynamic batcher, queue policy and admission
+//!   limits.
 //! - [`executor`]: backends and their instances, on dedicated threads.
 //! - [`repository`]: the directory on disk and its `config.pbtxt` files.
 //! - [`tensor`], [`error`]: protocol-free types shared by all of the above.
@@ -14,6 +16,7 @@
 #![deny(unsafe_code)]
 
 pub mod app;
+pub mod batching;
 pub mod config;
 pub mod error;
 pub mod executor;

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
@@ -12,7 +13,7 @@ use crate::proto::inference::{ModelConfig, ModelInput, ModelOutput};
 use crate::schema::{IoSpec, ModelSchema};
 use crate::tensor::{self, DataType};
 
-use super::{Backend, ExecError, Instance, LoadedModel};
+use super::{Backend, ExecError, Instance, LoadedModel, Phases};
 
 mod convert;
 
@@ -295,8 +296,10 @@ impl Instance for OnnxInstance {
     fn execute(
         &mut self,
         mut inputs: Vec<Option<tensor::Tensor>>,
+        phases: &mut Phases,
     ) -> Result<Vec<tensor::Tensor>, ExecError> {
-        let model = &*self.model;
+        let started = Instant::now();
+        let model = Arc::clone(&self.model);
         let mut values: TVec<TValue> = TVec::with_capacity(model.input_order.len());
         for &schema_ix in &model.input_order {
             let spec = &model.schema.inputs[schema_ix];
@@ -310,21 +313,13 @@ impl Instance for OnnxInstance {
                 .map_err(ExecError::Input)?;
             values.push(value.into());
         }
-        let state = match &mut self.state {
-            Some(state) => state,
-            None => self.state.insert(
-                TypedSimpleState::new(&model.plan).map_err(|e| ExecError::Failed(reason(e)))?,
-            ),
-        };
-        let outputs = match state.run(values) {
-            Ok(outputs) => outputs,
-            Err(e) => {
-                // A failed run leaves the state bound to the failed shapes.
-                self.state = None;
-                return Err(ExecError::Failed(reason(e)));
-            }
-        };
-        model
+        let ran = Instant::now();
+        phases.input += ran - started;
+        let outputs = self.run(values);
+        let converted = Instant::now();
+        phases.infer += converted - ran;
+        let outputs = outputs?;
+        let result = model
             .schema
             .outputs
             .iter()
@@ -333,6 +328,26 @@ impl Instance for OnnxInstance {
                 convert::from_tract(&outputs[ix], spec, model.schema.max_batch_size > 0)
                     .map_err(ExecError::Failed)
             })
-            .collect()
+            .collect();
+        phases.output += converted.elapsed();
+        result
+    }
+}
+
+impl OnnxInstance {
+    /// Runs the plan on the reusable state; a failed run throws the state away, since it stays
+    /// bound to the failed shapes.
+    fn run(&mut self, values: TVec<TValue>) -> Result<TVec<TValue>, ExecError> {
+        let state = match &mut self.state {
+            Some(state) => state,
+            None => self.state.insert(
+                TypedSimpleState::new(&self.model.plan)
+                    .map_err(|e| ExecError::Failed(reason(e)))?,
+            ),
+        };
+        state.run(values).map_err(|e| {
+            self.state = None;
+            ExecError::Failed(reason(e))
+        })
     }
 }

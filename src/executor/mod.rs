@@ -8,6 +8,7 @@ pub mod runner;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::proto::inference::ModelConfig;
 use crate::schema::ModelSchema;
@@ -40,8 +41,24 @@ pub trait LoadedModel: Send + Sync {
 /// One execution context; owned by exactly one thread.
 pub trait Instance: Send {
     /// Runs the model on inputs in schema order (`None` for an absent optional input) and returns
-    /// every output, in schema order, named and shaped as the client will see them.
-    fn execute(&mut self, inputs: Vec<Option<Tensor>>) -> Result<Vec<Tensor>, ExecError>;
+    /// every output, in schema order, named and shaped as the client will see them. Adds the time
+    /// spent converting inputs, running and converting outputs to `phases`.
+    fn execute(
+        &mut self,
+        inputs: Vec<Option<Tensor>>,
+        phases: &mut Phases,
+    ) -> Result<Vec<Tensor>, ExecError>;
+}
+
+/// Time spent in each phase of one execution, as Triton's statistics split it.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Phases {
+    /// Preparing inputs: merging a batch and converting to the runtime's tensors.
+    pub input: Duration,
+    /// Running the model.
+    pub infer: Duration,
+    /// Converting outputs back and splitting a batch into its requests.
+    pub output: Duration,
 }
 
 /// Why an execution produced no outputs.

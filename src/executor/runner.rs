@@ -1,37 +1,74 @@
-//! Runs a model version's instances on dedicated OS threads. Requests reach them over one shared
-//! channel (whichever instance is free takes the next job) and answers come back on a oneshot. When
-//! the last handle to the runner is dropped the channel closes and the threads finish their current
-//! job and exit, releasing the model's memory.
+//! Runs a model version's instances on dedicated OS threads. Jobs reach them over one shared
+//! channel (whichever instance is free takes the next one). A job is one request, answered on its
+//! own oneshot, or a batch formed by the batcher, answered in one message for the whole batch so
+//! that the runtime is woken once per batch rather than once per request. When the last sender of
+//! the channel is dropped the threads finish their current job and exit, releasing the model.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
+use crate::batching::limits::Breaker;
+use crate::batching::merge;
+use crate::registry::stats::VersionStats;
 use crate::tensor::Tensor;
 
-use super::{ExecError, Instance, LoadedModel};
+use super::{ExecError, Instance, LoadedModel, Phases};
 
-/// What an instance reports back for one job.
+/// What an instance reports back for one request run alone.
 #[derive(Debug)]
 pub struct Execution {
     pub outputs: Result<Vec<Tensor>, ExecError>,
     /// Time spent waiting for a free instance.
     pub queue: Duration,
-    /// Time spent running the model.
-    pub compute: Duration,
+    /// Time spent in each phase of the execution.
+    pub phases: Phases,
 }
 
-struct Job {
-    inputs: Vec<Option<Tensor>>,
-    enqueued: Instant,
-    reply: oneshot::Sender<Execution>,
+/// What an instance reports back for one batch: every request's outputs, in batch order.
+#[derive(Debug)]
+pub struct BatchDone {
+    /// The batcher's number for the batch.
+    pub seq: u64,
+    pub outputs: Result<Vec<Vec<Tensor>>, ExecError>,
+    pub phases: Phases,
+}
+
+/// Where a job's answer goes.
+pub enum JobReply {
+    /// A request run alone, by a caller waiting on the oneshot.
+    One {
+        enqueued: Instant,
+        reply: oneshot::Sender<Execution>,
+    },
+    /// A batch, answered to the batcher that formed it.
+    Batch {
+        seq: u64,
+        done: mpsc::UnboundedSender<BatchDone>,
+    },
+}
+
+/// Work for an instance: the inputs of one or more requests (in schema order, `None` for an absent
+/// optional input) and their batch sizes.
+pub struct Job {
+    pub requests: Vec<Vec<Option<Tensor>>>,
+    pub sizes: Vec<usize>,
+    pub reply: JobReply,
+}
+
+/// What every instance of a version shares: where outcomes are counted.
+#[derive(Clone)]
+pub struct Observers {
+    pub stats: Arc<VersionStats>,
+    pub breaker: Arc<Breaker>,
 }
 
 /// The instances of one model version.
 pub struct Runner {
     jobs: crossbeam_channel::Sender<Job>,
+    count: usize,
 }
 
 impl Runner {
@@ -40,62 +77,130 @@ impl Runner {
         model: &Arc<dyn LoadedModel>,
         count: usize,
         label: &str,
+        observers: &Observers,
     ) -> Result<Runner, String> {
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
-        for index in 0..count.max(1) {
+        let count = count.max(1);
+        for index in 0..count {
             let instance = model.instance()?;
             let queue = queue.clone();
             let model = Arc::clone(model);
+            let observers = observers.clone();
             std::thread::Builder::new()
                 .name(format!("{label}#{index}"))
-                .spawn(move || serve(model, instance, queue))
+                .spawn(move || serve(model, instance, queue, observers))
                 .map_err(|e| format!("cannot start instance thread: {e}"))?;
         }
-        Ok(Runner { jobs })
+        Ok(Runner { jobs, count })
     }
 
-    /// Runs one job on the next free instance.
-    pub async fn execute(&self, inputs: Vec<Option<Tensor>>) -> Result<Execution, String> {
+    /// How many instances run.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The channel the instances take jobs from, for a batcher to feed.
+    pub fn jobs(&self) -> crossbeam_channel::Sender<Job> {
+        self.jobs.clone()
+    }
+
+    /// Runs one request alone on the next free instance.
+    pub async fn execute(&self, inputs: Vec<Option<Tensor>>, size: usize) -> Execution {
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            inputs,
-            enqueued: Instant::now(),
-            reply,
+            requests: vec![inputs],
+            sizes: vec![size],
+            reply: JobReply::One {
+                enqueued: Instant::now(),
+                reply,
+            },
         };
-        self.jobs
-            .send(job)
-            .map_err(|_| "the model's instances have stopped".to_string())?;
+        let stopped = |what: &str| Execution {
+            outputs: Err(ExecError::Failed(what.to_string())),
+            queue: Duration::ZERO,
+            phases: Phases::default(),
+        };
+        if self.jobs.send(job).is_err() {
+            return stopped("the model's instances have stopped");
+        }
         answer
             .await
-            .map_err(|_| "the model instance stopped before answering".to_string())
+            .unwrap_or_else(|_| stopped("the model instance stopped before answering"))
     }
 }
 
-/// An instance thread: takes jobs until the runner is dropped. A panic inside the model fails only
-/// that job; the instance is then rebuilt from the loaded model.
+/// An instance thread: takes jobs until every sender is dropped. A failed or panicking execution
+/// fails only that job's requests; the instance is then rebuilt from the loaded model.
 fn serve(
     model: Arc<dyn LoadedModel>,
     mut instance: Box<dyn Instance>,
     queue: crossbeam_channel::Receiver<Job>,
+    observers: Observers,
 ) {
     while let Ok(job) = queue.recv() {
         let started = Instant::now();
-        let run = std::panic::catch_unwind(AssertUnwindSafe(|| instance.execute(job.inputs)));
-        let outputs = run.unwrap_or_else(|panic| Err(ExecError::Failed(panic_message(&panic))));
-        if matches!(outputs, Err(ExecError::Failed(_))) {
-            match model.instance() {
-                Ok(fresh) => instance = fresh,
-                Err(e) => tracing::error!(error = %e, "cannot rebuild model instance"),
+        let mut phases = Phases::default();
+        let total: usize = job.sizes.iter().sum();
+        let outputs = run_job(&mut *instance, job.requests, &job.sizes, &mut phases);
+        match &outputs {
+            Ok(_) => {
+                observers.stats.record_execution(total, phases);
+                observers.breaker.record(true, Instant::now());
+            }
+            Err(ExecError::Failed(reason)) => {
+                tracing::warn!(%reason, batch = total, "model execution failed");
+                observers.breaker.record(false, Instant::now());
+                match model.instance() {
+                    Ok(fresh) => instance = fresh,
+                    Err(e) => tracing::error!(error = %e, "cannot rebuild model instance"),
+                }
+            }
+            Err(ExecError::Input(_)) => {}
+        }
+        // The requester may have gone away (cancelled); nothing to do then.
+        match job.reply {
+            JobReply::One { enqueued, reply } => {
+                let outputs = outputs.map(|mut all| all.pop().unwrap_or_default());
+                let _ = reply.send(Execution {
+                    outputs,
+                    queue: started - enqueued,
+                    phases,
+                });
+            }
+            JobReply::Batch { seq, done } => {
+                let _ = done.send(BatchDone {
+                    seq,
+                    outputs,
+                    phases,
+                });
             }
         }
-        let execution = Execution {
-            outputs,
-            queue: started - job.enqueued,
-            compute: started.elapsed(),
-        };
-        // The requester may have gone away (cancelled); nothing to do then.
-        let _ = job.reply.send(execution);
     }
+}
+
+/// Runs a job's requests as one execution: merged along the batch dimension when there are several,
+/// split back afterwards. A panic becomes a failure of the job.
+fn run_job(
+    instance: &mut dyn Instance,
+    mut requests: Vec<Vec<Option<Tensor>>>,
+    sizes: &[usize],
+    phases: &mut Phases,
+) -> Result<Vec<Vec<Tensor>>, ExecError> {
+    let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        if requests.len() == 1 {
+            let inputs = requests.pop().unwrap_or_default();
+            return instance.execute(inputs, phases).map(|out| vec![out]);
+        }
+        let merging = Instant::now();
+        let inputs = merge::concat(requests).map_err(ExecError::Failed)?;
+        phases.input += merging.elapsed();
+        let outputs = instance.execute(inputs, phases)?;
+        let splitting = Instant::now();
+        let split = merge::split(outputs, sizes).map_err(ExecError::Failed);
+        phases.output += splitting.elapsed();
+        split
+    }));
+    run.unwrap_or_else(|panic| Err(ExecError::Failed(panic_message(&panic))))
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

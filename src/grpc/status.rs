@@ -11,6 +11,7 @@ impl From<Error> for Status {
             Code::NotFound => GrpcCode::NotFound,
             Code::Unavailable => GrpcCode::Unavailable,
             Code::ResourceExhausted => GrpcCode::ResourceExhausted,
+            Code::DeadlineExceeded => GrpcCode::DeadlineExceeded,
             Code::Internal => GrpcCode::Internal,
             Code::Unimplemented => GrpcCode::Unimplemented,
         };

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
+use crate::batching::{Scheduler, SchedulingConfig};
 use crate::error::{Error, Result};
-use crate::executor::{Backend, Runner};
+use crate::executor::Backend;
 use crate::proto::inference::ModelConfig;
 use crate::proto::inference::model_instance_group::Kind;
 use crate::repository::{self, Fingerprint, ModelSource, ScannedModel};
@@ -220,27 +221,25 @@ pub async fn reconcile(
         let source = source.clone();
         tokio::task::spawn_blocking(move || resolve(&*backend, &source)).await
     };
-    let (config, schema) = match resolved {
-        Ok(Ok(resolved)) => resolved,
+    let resolved = match resolved {
+        Ok(Ok(resolved)) => Arc::new(resolved),
         Ok(Err(reason)) => return publish_failure(registry, name, &current, reason),
         Err(e) => {
             return publish_failure(registry, name, &current, format!("load task failed: {e}"));
         }
     };
-    let plan = plan(name, &current, &source, &config, looks, settle);
+    let plan = plan(name, &current, &source, &resolved.config, looks, settle);
     let mut versions = plan.keep;
     if !plan.load.is_empty() {
         let backend = Arc::clone(registry.backend());
-        let (model, source, config, schema) =
-            (name.to_string(), source.clone(), config.clone(), schema);
+        let (model, source, resolved) = (name.to_string(), source.clone(), Arc::clone(&resolved));
         let loads = plan.load;
         let loaded = tokio::task::spawn_blocking(move || {
             loads
                 .into_iter()
                 .map(|(v, previous)| {
                     let started = Instant::now();
-                    let status =
-                        load_version(&*backend, &model, &source, &config, &schema, v, previous);
+                    let status = load_version(&*backend, &model, &source, &resolved, v, previous);
                     (v, status, started.elapsed())
                 })
                 .collect::<Vec<_>>()
@@ -263,7 +262,7 @@ pub async fn reconcile(
         }
     }
     let snapshot = ModelSnapshot::new(
-        Arc::new(config),
+        Arc::new(resolved.config.clone()),
         source.config_digest,
         versions,
         current.pinned,
@@ -352,34 +351,52 @@ fn plan(
     plan
 }
 
-/// The configuration in force and its schema, or why the model cannot serve.
-fn resolve(
-    backend: &dyn Backend,
-    source: &ModelSource,
-) -> Result<(ModelConfig, Arc<ModelSchema>), String> {
+/// What a model's configuration resolves to: everything its versions load with.
+struct Resolved {
+    config: ModelConfig,
+    schema: Arc<ModelSchema>,
+    scheduling: SchedulingConfig,
+}
+
+/// The configuration in force, its schema and its scheduling, or why the model cannot serve.
+fn resolve(backend: &dyn Backend, source: &ModelSource) -> Result<Resolved, String> {
     let config = resolve_config(backend, source)?;
-    let schema = ModelSchema::from_config(&config)?;
-    Ok((config, Arc::new(schema)))
+    let schema = Arc::new(ModelSchema::from_config(&config)?);
+    let scheduling = SchedulingConfig::from_model_config(&config, instance_count(&config))?;
+    Ok(Resolved {
+        config,
+        schema,
+        scheduling,
+    })
 }
 
 fn load_version(
     backend: &dyn Backend,
     name: &str,
     source: &ModelSource,
-    config: &ModelConfig,
-    schema: &Arc<ModelSchema>,
+    resolved: &Resolved,
     version: u64,
     previous: Option<VersionStatus>,
 ) -> VersionStatus {
+    let Resolved {
+        config,
+        schema,
+        scheduling,
+    } = resolved;
     let found = &source.versions[&version];
     let started = Instant::now();
     let loaded = backend
         .load(schema, &found.file)
-        .and_then(|model| {
-            Runner::start(&model, instance_count(config), &format!("{name}/{version}"))
-        })
-        .map(|runner| Arc::new(ModelVersion::new(name, version, Arc::clone(schema), runner)))
-        .and_then(|ready| warmup::run(config, &found.file, &ready).map(|()| ready));
+        .and_then(|model| warmup::run(config, &found.file, schema, &model).map(|()| model))
+        .and_then(|model| Scheduler::start(&model, scheduling, name, version))
+        .map(|scheduler| {
+            Arc::new(ModelVersion::new(
+                name,
+                version,
+                Arc::clone(schema),
+                scheduler,
+            ))
+        });
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     match loaded {
         Ok(ready) => {

@@ -157,6 +157,7 @@ impl Model {
                 .default_version
                 .and_then(|v| snapshot.versions.get(&v))
                 .and_then(|s| s.serving.clone())
+                .map(|default| in_service(default, &snapshot))
                 .ok_or_else(|| Error::NotReady {
                     model: self.name.clone(),
                     reason: not_ready_reason(&snapshot),
@@ -180,6 +181,22 @@ impl Model {
             reason: status.reason.clone(),
         })
     }
+}
+
+/// The default version, or while it is out of service (its circuit breaker open) the newest ready
+/// version that is in service; the default still when none is.
+fn in_service(default: Arc<ModelVersion>, snapshot: &ModelSnapshot) -> Arc<ModelVersion> {
+    if default.is_healthy() {
+        return default;
+    }
+    snapshot
+        .versions
+        .values()
+        .rev()
+        .filter_map(|s| s.serving.as_ref())
+        .find(|v| v.is_healthy())
+        .cloned()
+        .unwrap_or(default)
 }
 
 fn not_ready_reason(snapshot: &ModelSnapshot) -> String {

@@ -1,11 +1,14 @@
 //! Per-version statistics in the shape of Triton's ModelStatistics: counts and cumulative durations
-//! for successes, failures, queueing and compute, plus per-batch-size execution figures. Updated
-//! with atomics on the request path; read only when a client asks.
+//! for successes, failures, queueing and compute (per request), inference and execution counts, and
+//! per-batch-size execution figures (per execution: a batch of 5 requests counts 5 inferences and 1
+//! execution). Updated with atomics; read only when a client asks.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::executor::Phases;
 
 /// A count and the total time of what was counted.
 #[derive(Debug, Default)]
@@ -68,23 +71,28 @@ pub struct Timings {
 }
 
 impl VersionStats {
-    /// Counts a request answered successfully, executed alone with `batch_size` elements.
-    pub fn record_success(&self, batch_size: usize, t: Timings) {
+    /// Counts a request answered successfully. Its compute phases are those of the execution it
+    /// was part of, as Triton counts them.
+    pub fn record_success(&self, t: Timings) {
         self.success.record(t.total);
         self.queue.record(t.queue);
         self.compute_input.record(t.compute_input);
         self.compute_infer.record(t.compute_infer);
         self.compute_output.record(t.compute_output);
+        self.touch();
+    }
+
+    /// Counts one successful execution of `batch_size` batch elements (one or more requests).
+    pub fn record_execution(&self, batch_size: usize, phases: Phases) {
         self.inference_count
             .fetch_add(batch_size as u64, Ordering::Relaxed);
         self.execution_count.fetch_add(1, Ordering::Relaxed);
-        self.touch();
         if let Ok(mut batches) = self.batches.lock() {
             let figures = batches.entry(batch_size as u64).or_default();
             figures.count += 1;
-            figures.compute_input_ns += t.compute_input.as_nanos() as u64;
-            figures.compute_infer_ns += t.compute_infer.as_nanos() as u64;
-            figures.compute_output_ns += t.compute_output.as_nanos() as u64;
+            figures.compute_input_ns += phases.input.as_nanos() as u64;
+            figures.compute_infer_ns += phases.infer.as_nanos() as u64;
+            figures.compute_output_ns += phases.output.as_nanos() as u64;
         }
     }
 
@@ -100,27 +108,6 @@ impl VersionStats {
             .unwrap_or_default()
             .as_millis() as u64;
         self.last_inference_ms.store(now, Ordering::Relaxed);
-    }
-
-    /// Forgets everything counted (warm-up requests are not the model's traffic).
-    pub fn reset(&self) {
-        for stat in [
-            &self.success,
-            &self.fail,
-            &self.queue,
-            &self.compute_input,
-            &self.compute_infer,
-            &self.compute_output,
-        ] {
-            stat.count.store(0, Ordering::Relaxed);
-            stat.nanos.store(0, Ordering::Relaxed);
-        }
-        self.inference_count.store(0, Ordering::Relaxed);
-        self.execution_count.store(0, Ordering::Relaxed);
-        self.last_inference_ms.store(0, Ordering::Relaxed);
-        if let Ok(mut batches) = self.batches.lock() {
-            batches.clear();
-        }
     }
 
     /// Per-batch-size figures, by batch size.

@@ -1,11 +1,12 @@
-//! A ready model version: its schema, its running instances and its statistics. Dropping the last
-//! handle stops its instances and frees the model.
+//! A ready model version: its schema, its scheduler (instances, and the batcher when configured)
+//! and its statistics. Dropping the last handle stops its batcher and instances and frees the model.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::batching::Scheduler;
 use crate::error::{Error, Result};
-use crate::executor::{ExecError, Runner};
+use crate::executor::ExecError;
 use crate::schema::ModelSchema;
 use crate::tensor::{InferRequest, InferResponse};
 
@@ -16,25 +17,25 @@ pub struct ModelVersion {
     pub model: String,
     pub version: u64,
     pub schema: Arc<ModelSchema>,
-    pub stats: VersionStats,
-    runner: Runner,
+    pub stats: Arc<VersionStats>,
+    scheduler: Scheduler,
     label: String,
 }
 
 impl ModelVersion {
-    /// Wraps started instances.
+    /// Wraps a started scheduler.
     pub fn new(
         model: &str,
         version: u64,
         schema: Arc<ModelSchema>,
-        runner: Runner,
+        scheduler: Scheduler,
     ) -> ModelVersion {
         ModelVersion {
             model: model.to_string(),
             version,
             schema,
-            stats: VersionStats::default(),
-            runner,
+            stats: Arc::clone(scheduler.stats()),
+            scheduler,
             label: version.to_string(),
         }
     }
@@ -44,14 +45,22 @@ impl ModelVersion {
         &self.label
     }
 
-    /// Checks a request against the schema, runs it, and returns the outputs asked for.
+    /// Whether the version is in service: false while its circuit breaker is open after too many
+    /// failed executions (it turns true again for probing once the open period passes).
+    pub fn is_healthy(&self) -> bool {
+        self.scheduler.is_healthy()
+    }
+
+    /// Checks a request against the schema, schedules it, and returns the outputs asked for.
     pub async fn infer(&self, mut request: InferRequest) -> Result<InferResponse> {
         let started = Instant::now();
         let checked = self.schema.check(&mut request)?;
-        let execution = self.runner.execute(checked.inputs).await;
-        let execution = match execution {
+        let execution = match self.scheduler.submit(checked, &request.parameters).await {
             Ok(execution) => execution,
-            Err(reason) => return Err(self.failed(started, ExecError::Failed(reason))),
+            Err(e) => {
+                self.stats.record_failure(started.elapsed());
+                return Err(e);
+            }
         };
         let outputs = match execution.outputs {
             Ok(outputs) => outputs,
@@ -65,14 +74,13 @@ impl ModelVersion {
                 .filter(|o| request.outputs.contains(&o.name))
                 .collect()
         };
-        let timings = Timings {
+        self.stats.record_success(Timings {
             total: started.elapsed(),
             queue: execution.queue,
-            compute_input: Duration::ZERO,
-            compute_infer: execution.compute,
-            compute_output: Duration::ZERO,
-        };
-        self.stats.record_success(checked.batch_size, timings);
+            compute_input: execution.phases.input,
+            compute_infer: execution.phases.infer,
+            compute_output: execution.phases.output,
+        });
         Ok(InferResponse {
             model_name: self.model.clone(),
             model_version: self.label.clone(),

@@ -12,48 +12,55 @@ use crate::proto::inference::model_warmup::input::InputDataType;
 use crate::schema::{ModelSchema, config_data_type};
 use crate::tensor::{DataType, InferRequest, Tensor, element_count, push_bytes_element};
 
-use super::ModelVersion;
+use crate::executor::{ExecError, Instance, LoadedModel, Phases};
 
 /// Largest warm-up tensor accepted, in bytes; a configuration asking for more is refused.
 const MAX_WARMUP_BYTES: usize = 256 << 20;
 
 /// Runs the configured warm-up (a failure fails the load), or one synthetic request (a failure is
-/// only logged: synthetic zeros are not always valid input for a model).
-/// Statistics start from zero afterwards: warm-up is not the model's traffic.
+/// only logged: synthetic zeros are not always valid input for a model), on a fresh instance of
+/// the loaded model, before the version's scheduler exists: warm-up is not the model's traffic, so
+/// it never counts in statistics, the circuit breaker or the rate limit.
 pub fn run(
     config: &ModelConfig,
     model_file: &Path,
-    version: &Arc<ModelVersion>,
+    schema: &ModelSchema,
+    model: &Arc<dyn LoadedModel>,
 ) -> Result<(), String> {
-    let outcome = warm(config, model_file, version);
-    version.stats.reset();
-    outcome
-}
-
-fn warm(
-    config: &ModelConfig,
-    model_file: &Path,
-    version: &Arc<ModelVersion>,
-) -> Result<(), String> {
-    let handle = tokio::runtime::Handle::current();
+    let mut instance = model.instance()?;
     if config.model_warmup.is_empty() {
-        let request = synthetic(&version.schema);
-        if let Err(e) = handle.block_on(version.infer(request)) {
-            warn!(model = %version.model, version = version.version, error = %e, "synthetic warm-up request failed");
+        if let Err(e) = execute(instance.as_mut(), schema, synthetic(schema)) {
+            warn!(model = %schema.model, error = %e, "synthetic warm-up request failed");
         }
         return Ok(());
     }
     let version_dir = model_file.parent().unwrap_or(Path::new("."));
     for entry in &config.model_warmup {
-        let request = configured(entry, &version.schema, version_dir)
+        let request = configured(entry, schema, version_dir)
             .map_err(|e| format!("warm-up '{}': {e}", entry.name))?;
         for _ in 0..entry.count.max(1) {
-            handle
-                .block_on(version.infer(request.clone()))
+            execute(instance.as_mut(), schema, request.clone())
                 .map_err(|e| format!("warm-up '{}' failed: {e}", entry.name))?;
         }
     }
     Ok(())
+}
+
+/// Checks and runs one request on the instance, containing a panic.
+fn execute(
+    instance: &mut dyn Instance,
+    schema: &ModelSchema,
+    mut request: InferRequest,
+) -> Result<(), String> {
+    let checked = schema.check(&mut request).map_err(|e| e.to_string())?;
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        instance.execute(checked.inputs, &mut Phases::default())
+    }));
+    match run {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(ExecError::Input(e) | ExecError::Failed(e))) => Err(e),
+        Err(_) => Err("the model panicked".into()),
+    }
 }
 
 /// One request of batch 1 (when batching) with every variable dimension 1, filled with zeros

@@ -43,6 +43,16 @@ impl Repo {
         self
     }
 
+    /// Copies a shipped model under another name, with its configuration replaced by `config`
+    /// (whose `name` should be `as_name`).
+    pub fn shipped_as(self, name: &str, as_name: &str, config: &str) -> Repo {
+        copy_dir(
+            &root().join("model_repository").join(name),
+            &self.path().join(as_name),
+        );
+        self.file(&format!("{as_name}/config.pbtxt"), config)
+    }
+
     /// Copies a fixture model (`tests/fixtures/models/NAME`).
     pub fn fixture(self, name: &str) -> Repo {
         copy_dir(
