@@ -116,6 +116,15 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// `switchyard serve`.
 pub fn serve(settings: Settings) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The OTLP exporter's channel needs the runtime's reactor.
+    let _runtime = rt.enter();
     let telemetry = switchyard::telemetry::init(&switchyard::telemetry::TelemetryConfig {
         log_format: settings.log_format,
         log_filter: settings.log_filter.clone(),
@@ -129,25 +138,23 @@ pub fn serve(settings: Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
-        rt.block_on(async {
-            let shutdown = shutdown_signal();
-            let bind = |port: u16| {
-                let addr = format!("{}:{port}", settings.grpc_address);
-                async move {
-                    TcpListener::bind(&addr)
-                        .await
-                        .map_err(|e| format!("cannot listen on {addr}: {e}"))
-                }
-            };
-            let listeners = switchyard::app::Listeners {
-                grpc: bind(settings.grpc_port).await?,
-                metrics: Some(bind(settings.metrics_port).await?),
-            };
-            switchyard::app::run(settings, listeners, shutdown)
-                .await
-                .map_err(|e| e.to_string())
-        })
+    let result: Result<(), String> = rt.block_on(async {
+        let shutdown = shutdown_signal();
+        let bind = |port: u16| {
+            let addr = format!("{}:{port}", settings.grpc_address);
+            async move {
+                TcpListener::bind(&addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr}: {e}"))
+            }
+        };
+        let listeners = switchyard::app::Listeners {
+            grpc: bind(settings.grpc_port).await?,
+            metrics: Some(bind(settings.metrics_port).await?),
+        };
+        switchyard::app::run(settings, listeners, shutdown)
+            .await
+            .map_err(|e| e.to_string())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Tracing overhead: `simple` at concurrency 8 against the daemon with traces off and with every
+# request traced (sampling 1.0) into a live OTLP receiver (benches/otlp_sink.rs), in interleaved
+# rounds on this machine; prints medians and the ratio traced / untraced.
+# Environment: TRACING_ROUNDS=3 TRACING_SECS=5 TRACING_CONCURRENCY=8
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${TRACING_ROUNDS:-3}
+SECS=${TRACING_SECS:-5}
+CONCURRENCY=${TRACING_CONCURRENCY:-8}
+OUT=$(mktemp -d -t switchyard-tracing.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+cargo build --release --quiet
+SINK=$(cargo bench --bench otlp_sink --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "otlp_sink" and m.get("executable"):
+        print(m["executable"])' | tail -1)
+[ -x "$SINK" ] || { echo "tracing: cannot find the otlp_sink bench binary" >&2; exit 1; }
+
+"$SINK" --port 0 >"$OUT/sink.out" 2>"$OUT/sink.err" &
+PIDS+=($!)
+until grep -q listening "$OUT/sink.out" 2>/dev/null; do sleep 0.1; done
+SINK_ADDR=$(awk '/listening/ {print $2}' "$OUT/sink.out")
+
+start_daemon() { # NAME EXTRA_ARGS...
+    local name=$1; shift
+    target/release/switchyard serve --model-repository model_repository --grpc-address 127.0.0.1 \
+        --grpc-port 0 --metrics-port 0 --model-control-mode none --log-format json "$@" >"$OUT/$name.log" 2>&1 &
+    PIDS+=($!)
+    until grep -q '"service":"grpc"' "$OUT/$name.log" 2>/dev/null; do sleep 0.1; done
+    python3 -c 'import json,sys
+for line in open(sys.argv[1]):
+    try: f = json.loads(line)["fields"]
+    except Exception: continue
+    if f.get("message") == "listening" and f.get("service") == "grpc": print(f["addr"]); break' "$OUT/$name.log"
+}
+OFF=$(start_daemon off)
+ON=$(start_daemon on --otlp-endpoint "http://$SINK_ADDR" --trace-sampling-ratio 1.0)
+
+for round in $(seq "$ROUNDS"); do
+    for target in off on; do
+        addr=$OFF; [ "$target" = on ] && addr=$ON
+        target/release/switchyard perf -u "$addr" -m simple --concurrency "$CONCURRENCY" \
+            --measurement-secs "$SECS" --warmup-secs 1 --json "$OUT/$target-$round.json" >/dev/null
+        echo "tracing: round $round $target done" >&2
+    done
+done
+python3 - "$OUT" "$ROUNDS" <<'PY'
+import json, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+res = {}
+for t in ("off", "on"):
+    runs = [json.load(open(f"{out}/{t}-{r}.json"))[0] for r in range(1, rounds + 1)]
+    res[t] = (statistics.median(r["throughput_rps"] for r in runs),
+              statistics.median(r["latency_us"]["p99"] for r in runs),
+              [round(r["throughput_rps"]) for r in runs], sum(r["error_count"] for r in runs))
+for t, (rps, p99, each, errors) in res.items():
+    print(f"tracing {t:3}: median {rps:9.1f} req/s  p99 {p99:6.0f} us  rounds {each}  errors {errors}")
+print(f"traced / untraced throughput: {res['on'][0] / res['off'][0]:.3f}")
+PY
+tail -1 "$OUT/sink.err"
