@@ -3,24 +3,15 @@
 
 mod support;
 
-use support::{Repo, Server, i32_raw, raw_f32, raw_i32};
+use support::{Repo, Server, raw_f32, raw_i32};
 use switchyard::grpc::pb::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use switchyard::grpc::pb::*;
 use tonic::Code;
 
 fn simple_request(a: &[i32], b: &[i32], batch: i64) -> ModelInferRequest {
-    let input = |name: &str| InferInputTensor {
-        name: name.into(),
-        datatype: "INT32".into(),
-        shape: vec![batch, 16],
-        ..Default::default()
-    };
     ModelInferRequest {
-        model_name: "simple".into(),
         id: "req-7".into(),
-        inputs: vec![input("INPUT0"), input("INPUT1")],
-        raw_input_contents: vec![i32_raw(a).into(), i32_raw(b).into()],
-        ..Default::default()
+        ..support::simple_request("simple", a, b, batch)
     }
 }
 

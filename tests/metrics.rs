@@ -3,23 +3,12 @@
 
 mod support;
 
-use support::{Repo, Server, i32_raw};
+use support::{Repo, Server};
 use switchyard::grpc::pb::model_infer_request::InferInputTensor;
 use switchyard::grpc::pb::*;
 
 fn simple(a: i32, b: i32) -> ModelInferRequest {
-    let input = |name: &str| InferInputTensor {
-        name: name.into(),
-        datatype: "INT32".into(),
-        shape: vec![1, 16],
-        ..Default::default()
-    };
-    ModelInferRequest {
-        model_name: "simple".into(),
-        inputs: vec![input("INPUT0"), input("INPUT1")],
-        raw_input_contents: vec![i32_raw(&[a; 16]).into(), i32_raw(&[b; 16]).into()],
-        ..Default::default()
-    }
+    support::simple_request("simple", &[a; 16], &[b; 16], 1)
 }
 
 fn features(version: &str, batch: i64) -> ModelInferRequest {

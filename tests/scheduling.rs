@@ -5,7 +5,7 @@ mod support;
 
 use std::collections::HashMap;
 
-use support::{Repo, Server, i32_raw, raw_f32, raw_i32};
+use support::{Repo, Server, raw_f32, raw_i32};
 use switchyard::grpc::pb::model_infer_request::InferInputTensor;
 use switchyard::grpc::pb::*;
 use tonic::Code;
@@ -63,18 +63,7 @@ fn features(model: &str, values: &[f32]) -> ModelInferRequest {
 }
 
 fn simple(model: &str, a: i32, b: i32) -> ModelInferRequest {
-    let input = |name: &str| InferInputTensor {
-        name: name.into(),
-        datatype: "INT32".into(),
-        shape: vec![1, 16],
-        ..Default::default()
-    };
-    ModelInferRequest {
-        model_name: model.into(),
-        inputs: vec![input("INPUT0"), input("INPUT1")],
-        raw_input_contents: vec![i32_raw(&[a; 16]).into(), i32_raw(&[b; 16]).into()],
-        ..Default::default()
-    }
+    support::simple_request(model, &[a; 16], &[b; 16], 1)
 }
 
 fn with_parameter(mut request: ModelInferRequest, key: &str, value: i64) -> ModelInferRequest {

@@ -14,9 +14,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use support::{Repo, Server, i32_raw};
-use switchyard::grpc::pb::ModelInferRequest;
-use switchyard::grpc::pb::model_infer_request::InferInputTensor;
+use support::{Repo, Server};
 use switchyard::telemetry::{TelemetryConfig, init};
 use tonic::transport::server::TcpIncoming;
 
@@ -76,18 +74,7 @@ async fn a_traced_request_continues_the_callers_trace() {
 
     let server = Server::start(Repo::new().shipped("simple")).await;
     let mut client = server.client().await;
-    let input = |name: &str| InferInputTensor {
-        name: name.into(),
-        datatype: "INT32".into(),
-        shape: vec![1, 16],
-        ..Default::default()
-    };
-    let body = ModelInferRequest {
-        model_name: "simple".into(),
-        inputs: vec![input("INPUT0"), input("INPUT1")],
-        raw_input_contents: vec![i32_raw(&[1; 16]).into(), i32_raw(&[2; 16]).into()],
-        ..Default::default()
-    };
+    let body = support::simple_request("simple", &[1; 16], &[2; 16], 1);
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let parent_id = "b7ad6b7169203331";
     let mut request = tonic::Request::new(body.clone());

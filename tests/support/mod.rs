@@ -176,6 +176,28 @@ impl Server {
     }
 }
 
+/// A ModelInferRequest for a `simple`-shaped model (INPUT0, INPUT1 INT32 [batch, 16]) in raw form.
+pub fn simple_request(
+    model: &str,
+    a: &[i32],
+    b: &[i32],
+    batch: i64,
+) -> switchyard::grpc::pb::ModelInferRequest {
+    use switchyard::grpc::pb::model_infer_request::InferInputTensor;
+    let input = |name: &str| InferInputTensor {
+        name: name.into(),
+        datatype: "INT32".into(),
+        shape: vec![batch, 16],
+        ..Default::default()
+    };
+    switchyard::grpc::pb::ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![input("INPUT0"), input("INPUT1")],
+        raw_input_contents: vec![i32_raw(a).into(), i32_raw(b).into()],
+        ..Default::default()
+    }
+}
+
 /// INT32 values as raw little-endian bytes.
 pub fn i32_raw(values: &[i32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
