@@ -11,19 +11,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
-use crate::batching::{Scheduler, SchedulingConfig};
+use crate::batching::Scheduler;
 use crate::error::{Error, Result};
 use crate::executor::Backend;
 use crate::proto::inference::ModelConfig;
-use crate::proto::inference::model_instance_group::Kind;
 use crate::repository::{self, Fingerprint, ModelSource, ScannedModel};
-use crate::schema::ModelSchema;
 
+use super::resolve::{Resolved, resolve};
 use super::{ModelSnapshot, ModelVersion, Registry, VersionState, VersionStatus, warmup};
-
-/// Platforms and backends the CPU executor serves.
-const ONNX_PLATFORMS: &[&str] = &["onnxruntime_onnx", "onnx"];
-const ONNX_BACKENDS: &[&str] = &["onnxruntime", "onnx"];
 
 /// How eagerly new files are taken.
 #[derive(Debug, Clone, Copy)]
@@ -351,25 +346,6 @@ fn plan(
     plan
 }
 
-/// What a model's configuration resolves to: everything its versions load with.
-struct Resolved {
-    config: ModelConfig,
-    schema: Arc<ModelSchema>,
-    scheduling: SchedulingConfig,
-}
-
-/// The configuration in force, its schema and its scheduling, or why the model cannot serve.
-fn resolve(backend: &dyn Backend, source: &ModelSource) -> Result<Resolved, String> {
-    let config = resolve_config(backend, source)?;
-    let schema = Arc::new(ModelSchema::from_config(&config)?);
-    let scheduling = SchedulingConfig::from_model_config(&config, instance_count(&config))?;
-    Ok(Resolved {
-        config,
-        schema,
-        scheduling,
-    })
-}
-
 fn load_version(
     backend: &dyn Backend,
     name: &str,
@@ -487,75 +463,4 @@ fn log_swap(name: &str, old: &ModelSnapshot, new: &ModelSnapshot) -> usize {
         "model snapshot swapped"
     );
     retired.len()
-}
-
-/// The configuration in force: the file's, completed from the model file where it declares no
-/// tensors (or there is no file), and checked for what this server can run.
-pub fn resolve_config(backend: &dyn Backend, source: &ModelSource) -> Result<ModelConfig, String> {
-    let mut config = source.config.clone().unwrap_or_default();
-    if config.input.is_empty() || config.output.is_empty() {
-        let (_, newest) = source
-            .versions
-            .iter()
-            .next_back()
-            .ok_or("no configuration and no version directory to complete one from")?;
-        let completed = backend.complete_config(&source.name, &newest.file)?;
-        if config.input.is_empty() {
-            config.input = completed.input;
-            config.output = completed.output;
-            if source.config.is_none() {
-                config.max_batch_size = completed.max_batch_size;
-            }
-        }
-        if config.platform.is_empty() && config.backend.is_empty() {
-            config.platform = completed.platform;
-            config.backend = completed.backend;
-        }
-    }
-    if config.name.is_empty() {
-        config.name = source.name.clone();
-    }
-    if config.platform.is_empty() && config.backend.is_empty() {
-        config.platform = ONNX_PLATFORMS[0].to_string();
-    }
-    check_runnable(&config)?;
-    Ok(config)
-}
-
-fn check_runnable(config: &ModelConfig) -> Result<(), String> {
-    let platform_ok =
-        config.platform.is_empty() || ONNX_PLATFORMS.contains(&config.platform.as_str());
-    let backend_ok = config.backend.is_empty() || ONNX_BACKENDS.contains(&config.backend.as_str());
-    if !platform_ok || !backend_ok {
-        return Err(format!(
-            "platform '{}' / backend '{}' is not supported: this server runs ONNX models \
-             (platform onnxruntime_onnx, backend onnxruntime)",
-            config.platform, config.backend
-        ));
-    }
-    for (index, group) in config.instance_group.iter().enumerate() {
-        let label = if group.name.is_empty() {
-            format!("#{index}")
-        } else {
-            format!("'{}'", group.name)
-        };
-        if group.kind == Kind::Gpu as i32 {
-            let refusal = crate::executor::cuda::gpu_load_refusal();
-            return Err(format!("instance group {label}: {refusal}"));
-        }
-        if group.count < 0 {
-            return Err(format!("instance group {label} has a negative count"));
-        }
-    }
-    Ok(())
-}
-
-/// Instances to start: the sum of the groups' counts (a group without a count has one), at least 1.
-fn instance_count(config: &ModelConfig) -> usize {
-    let total: usize = config
-        .instance_group
-        .iter()
-        .map(|g| if g.count == 0 { 1 } else { g.count as usize })
-        .sum();
-    total.max(1)
 }

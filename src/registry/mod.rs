@@ -7,6 +7,7 @@
 pub mod events;
 pub mod lifecycle;
 pub mod reconciler;
+pub mod resolve;
 pub mod stats;
 pub mod version;
 mod warmup;
