@@ -39,6 +39,7 @@ pub fn request_span(
         return Span::none();
     }
     let span = tracing::info_span!(
+        target: crate::telemetry::REQUEST_SPAN_TARGET,
         "inference",
         otel.name = method,
         otel.kind = "server",

@@ -11,6 +11,9 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
+/// The tracing target of request spans (see `grpc::trace`).
+pub const REQUEST_SPAN_TARGET: &str = "switchyard::grpc::trace";
+
 /// What telemetry to start.
 #[derive(Debug, Clone, Default)]
 pub struct TelemetryConfig {
@@ -27,9 +30,18 @@ pub struct TelemetryConfig {
 pub fn init(config: &TelemetryConfig) -> Result<Option<tracing::Tracing>, String> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_filter));
+    // Request spans exist for export only: the log layer neither formats nor stores their fields.
+    let not_request_span = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.is_span() && meta.target() == REQUEST_SPAN_TARGET)
+    });
     let fmt = match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_filter(not_request_span)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_filter(not_request_span)
+            .boxed(),
     };
     let (guard, otel) = match tracing::endpoint(config.otlp_endpoint.as_deref()) {
         Some(endpoint) => {
