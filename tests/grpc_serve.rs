@@ -4,7 +4,7 @@
 mod support;
 
 use support::{Repo, Server, raw_f32, raw_i32};
-use switchyard::grpc::pb::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+use switchyard::grpc::pb::model_infer_request::InferRequestedOutputTensor;
 use switchyard::grpc::pb::*;
 use tonic::Code;
 
@@ -19,23 +19,7 @@ fn features(batch: usize) -> ModelInferRequest {
     let values: Vec<f32> = (0..batch * 64)
         .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
         .collect();
-    ModelInferRequest {
-        model_name: "classifier".into(),
-        inputs: vec![InferInputTensor {
-            name: "features".into(),
-            datatype: "FP32".into(),
-            shape: vec![batch as i64, 64],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![
-            values
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into(),
-        ],
-        ..Default::default()
-    }
+    support::fp32_request("classifier", "features", vec![batch as i64, 64], &values)
 }
 
 #[tokio::test]

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use support::{Repo, Server, raw_f32, root};
 use switchyard::config::{ModelControlMode, Settings};
 use switchyard::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
-use switchyard::grpc::pb::model_infer_request::InferInputTensor;
 use switchyard::grpc::pb::model_repository_parameter::ParameterChoice;
 use switchyard::grpc::pb::*;
 use tonic::transport::Channel;
@@ -41,23 +40,12 @@ fn publish(repo: &Path, v: u64, bytes: &[u8]) {
 }
 
 fn request(x: f32) -> ModelInferRequest {
-    ModelInferRequest {
-        model_name: "versioned".into(),
-        inputs: vec![InferInputTensor {
-            name: "INPUT0".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 4],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![
-            [x, x + 1.0, x + 2.0, x + 3.0]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into(),
-        ],
-        ..Default::default()
-    }
+    support::fp32_request(
+        "versioned",
+        "INPUT0",
+        vec![1, 4],
+        &[x, x + 1.0, x + 2.0, x + 3.0],
+    )
 }
 
 /// What the clients saw: responses per served version, and every failure.
@@ -412,8 +400,7 @@ fn load_request(config: Option<&str>, files: &[(&str, Vec<u8>)]) -> RepositoryMo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicit_loads_take_a_configuration_override_and_files() {
     let repo = versioned_repo();
-    let server =
-        Server::start_with(repo, |s| s.model_control_mode = ModelControlMode::Explicit).await;
+    let server = start(repo, ModelControlMode::Explicit).await;
     let mut client = server.client().await;
     let ready = |c: &mut GrpcInferenceServiceClient<Channel>| {
         let mut c = c.clone();
@@ -501,8 +488,7 @@ fn resident_bytes() -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_load_unload_cycles_release_their_memory() {
     let repo = versioned_repo();
-    let server =
-        Server::start_with(repo, |s| s.model_control_mode = ModelControlMode::Explicit).await;
+    let server = start(repo, ModelControlMode::Explicit).await;
     let mut client = server.client().await;
     let cycle = |c: &mut GrpcInferenceServiceClient<Channel>| {
         let mut c = c.clone();

@@ -6,7 +6,6 @@ mod support;
 use std::collections::HashMap;
 
 use support::{Repo, Server, raw_f32, raw_i32};
-use switchyard::grpc::pb::model_infer_request::InferInputTensor;
 use switchyard::grpc::pb::*;
 use tonic::Code;
 
@@ -43,23 +42,7 @@ instance_group [ {{ count: 1, kind: KIND_CPU }} ]
 }
 
 fn features(model: &str, values: &[f32]) -> ModelInferRequest {
-    ModelInferRequest {
-        model_name: model.into(),
-        inputs: vec![InferInputTensor {
-            name: "features".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, values.len() as i64],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![
-            values
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into(),
-        ],
-        ..Default::default()
-    }
+    support::fp32_request(model, "features", vec![1, values.len() as i64], values)
 }
 
 fn simple(model: &str, a: i32, b: i32) -> ModelInferRequest {

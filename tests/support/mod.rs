@@ -198,6 +198,28 @@ pub fn simple_request(
     }
 }
 
+/// A ModelInferRequest with one FP32 input in raw form.
+pub fn fp32_request(
+    model: &str,
+    input: &str,
+    shape: Vec<i64>,
+    values: &[f32],
+) -> switchyard::grpc::pb::ModelInferRequest {
+    use switchyard::grpc::pb::model_infer_request::InferInputTensor;
+    let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    switchyard::grpc::pb::ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![InferInputTensor {
+            name: input.into(),
+            datatype: "FP32".into(),
+            shape,
+            ..Default::default()
+        }],
+        raw_input_contents: vec![raw.into()],
+        ..Default::default()
+    }
+}
+
 /// INT32 values as raw little-endian bytes.
 pub fn i32_raw(values: &[i32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
