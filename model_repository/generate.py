@@ -23,6 +23,11 @@ Writes, relative to this script's directory:
     add_sub_fp32/      FP32 add/sub on variable-length [-1] vectors,
                        max_batch_size 0 (no batch dimension)
     no_config_mlp/     copy of classifier version 1 with no config.pbtxt
+    versioned/         versions 1-4: OUTPUT0 = INPUT0 + 1000 * version (FP32 [4])
+    rollout/           versions 1-4 for canary rollout / rollback tests, all served:
+                       1 healthy (+1000), 2 healthy (+2000), 3 flaky (+3000, fails
+                       at run time when INPUT0[..., 0] >= 100), 4 slow (+4000 after
+                       tens of milliseconds of matrix products)
 
 All weights are random (seeded numpy generators, He initialisation); they are
 not trained. Models use opset 13 and IR version 8. The output is
@@ -302,6 +307,132 @@ def build_versioned(version, seed):
     return make_model(graph)
 
 
+def rollout_io():
+    shape = onnx_shape(8, [4])
+    return (
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, shape)],
+    )
+
+
+def build_rollout_healthy(version):
+    """Healthy rollout version (1 = baseline, 2 = candidate): OUTPUT0 = INPUT0 + 1000 * version.
+
+    Cheap and never fails, so a canary rollout from version 1 to version 2 should go through
+    and the output tells which version served each request."""
+    inputs, outputs = rollout_io()
+    offset = numpy_helper.from_array(np.array(1000 * version, dtype=np.float32), "offset")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["INPUT0", "offset"], ["OUTPUT0"], name="add")],
+        f"rollout_{version}",
+        inputs,
+        outputs,
+        initializer=[offset],
+    )
+    return make_model(graph)
+
+
+ROLLOUT_FLAKY_LIMIT = 100
+
+
+def build_rollout_flaky():
+    """Flaky rollout version 3: OUTPUT0 = INPUT0 + 3000, but the execution fails when
+    INPUT0[..., 0] >= 100, so tests choose per request whether the canary errors.
+
+    idx = int64(relu(INPUT0[:, 0])) (truncation; negatives clamp to 0, so only first elements
+    >= 100 are out of range) indexes a 100-element table T[i] = 3000 + i with GatherElements,
+    and OUTPUT0 = INPUT0 + (T[idx] - float(idx)), which is exactly INPUT0 + 3000. tract's
+    GatherElements returns an error ("Invalid GatherElements index ...") for an index past
+    the table rather than clamping it. Every node depends on the input, so nothing is folded
+    away when the model is optimised."""
+    inputs, outputs = rollout_io()
+    table = (3000.0 + np.arange(ROLLOUT_FLAKY_LIMIT)).astype(np.float32)
+    init = [
+        numpy_helper.from_array(table, "table"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "first.start"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "first.end"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "first.axes"),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat.shape"),
+        numpy_helper.from_array(np.array([-1, 1], dtype=np.int64), "column.shape"),
+    ]
+    nodes = [
+        # [N, 4] -> [N, 1] -> [N]
+        helper.make_node("Slice", ["INPUT0", "first.start", "first.end", "first.axes"],
+                         ["first"], name="first"),
+        helper.make_node("Reshape", ["first", "flat.shape"], ["first_flat"], name="first_flat"),
+        helper.make_node("Relu", ["first_flat"], ["first_pos"], name="clamp_negative"),
+        helper.make_node("Cast", ["first_pos"], ["idx"], name="idx", to=TensorProto.INT64),
+        # Fails at run time when idx >= len(table).
+        helper.make_node("GatherElements", ["table", "idx"], ["looked_up"], name="lookup", axis=0),
+        helper.make_node("Cast", ["idx"], ["idx_f"], name="idx_f", to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["looked_up", "idx_f"], ["offset_flat"], name="offset"),
+        helper.make_node("Reshape", ["offset_flat", "column.shape"], ["offset_col"],
+                         name="offset_col"),
+        helper.make_node("Add", ["INPUT0", "offset_col"], ["OUTPUT0"], name="add"),
+    ]
+    graph = helper.make_graph(nodes, "rollout_3", inputs, outputs, initializer=init)
+    return make_model(graph)
+
+
+ROLLOUT_SLOW_SIZE = 256
+ROLLOUT_SLOW_LAYERS = 40
+
+
+def build_rollout_slow(seed):
+    """Slow rollout version 4: OUTPUT0 = INPUT0 + 4000 exactly, after a chain of
+    ROLLOUT_SLOW_LAYERS products A <- tanh(A @ W) of ROLLOUT_SLOW_SIZE-square matrices,
+    tens of milliseconds of CPU per execution, for latency-based rollback tests.
+
+    The chain starts from A = tanh(s * W + W), s = sum of INPUT0[:, 0], so it depends on the
+    input and cannot be constant-folded, and the tanh between products keeps tract from
+    reassociating them. Its result reaches the output as float(sum(A) > 1e30), always 0
+    (|sum(A)| <= SIZE^2) and never a constant tract could see (a multiplication by a
+    constant 0 would be folded, dropping the chain). W = sin(7 * u v^T) / sqrt(SIZE / 2) is
+    computed from two seeded SIZE-vectors at load time, which keeps the file small."""
+    rng = np.random.default_rng(seed)
+    n = ROLLOUT_SLOW_SIZE
+    inputs, outputs = rollout_io()
+    init = [
+        numpy_helper.from_array(rng.standard_normal((n, 1)).astype(np.float32), "u"),
+        numpy_helper.from_array(rng.standard_normal((1, n)).astype(np.float32), "v"),
+        numpy_helper.from_array(np.array(7.0, dtype=np.float32), "freq"),
+        numpy_helper.from_array(np.array(np.sqrt(n / 2.0), dtype=np.float32), "norm"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "first.start"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "first.end"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "first.axes"),
+        numpy_helper.from_array(np.array(1e30, dtype=np.float32), "never"),
+        numpy_helper.from_array(np.array(4000.0, dtype=np.float32), "offset"),
+    ]
+    nodes = [
+        # W, constant: [n, n]
+        helper.make_node("MatMul", ["u", "v"], ["uv"], name="uv"),
+        helper.make_node("Mul", ["uv", "freq"], ["phase"], name="phase"),
+        helper.make_node("Sin", ["phase"], ["wave"], name="wave"),
+        helper.make_node("Div", ["wave", "norm"], ["W"], name="W"),
+        # s: [1, 1], from the input
+        helper.make_node("Slice", ["INPUT0", "first.start", "first.end", "first.axes"],
+                         ["first"], name="first"),
+        helper.make_node("ReduceSum", ["first"], ["s"], name="s", keepdims=1),
+        helper.make_node("Mul", ["s", "W"], ["sW"], name="sW"),
+        helper.make_node("Add", ["sW", "W"], ["a0_pre"], name="a0_pre"),
+        helper.make_node("Tanh", ["a0_pre"], ["a0"], name="a0"),
+    ]
+    prev = "a0"
+    for i in range(1, ROLLOUT_SLOW_LAYERS + 1):
+        nodes.append(helper.make_node("MatMul", [prev, "W"], [f"p{i}"], name=f"matmul{i}"))
+        nodes.append(helper.make_node("Tanh", [f"p{i}"], [f"a{i}"], name=f"tanh{i}"))
+        prev = f"a{i}"
+    nodes += [
+        helper.make_node("ReduceSum", [prev], ["total"], name="total", keepdims=1),
+        helper.make_node("Greater", ["total", "never"], ["overflow"], name="overflow"),
+        helper.make_node("Cast", ["overflow"], ["zero"], name="zero", to=TensorProto.FLOAT),
+        helper.make_node("Add", ["INPUT0", "offset"], ["shifted"], name="add"),
+        helper.make_node("Add", ["shifted", "zero"], ["OUTPUT0"], name="add_zero"),
+    ]
+    graph = helper.make_graph(nodes, "rollout_4", inputs, outputs, initializer=init)
+    return make_model(graph)
+
+
 IDENTITY_TYPES = [
     ("bool", "TYPE_BOOL"),
     ("uint8", "TYPE_UINT8"),
@@ -320,6 +451,7 @@ IDENTITY_TYPES = [
 
 CLASSIFIER_SEEDS = {1: 1001, 2: 2002}
 DIGITS_CNN_SEED = 3003
+ROLLOUT_SLOW_SEED = 5004
 
 
 def add_sub_config(name, triton_type, max_batch_size, dims):
@@ -395,6 +527,25 @@ def main():
     emit_config(
         config_pbtxt("versioned", 8, [("INPUT0", "TYPE_FP32", [4])], [("OUTPUT0", "TYPE_FP32", [4])]),
         FIXTURE_DIR, "versioned", "config.pbtxt",
+    )
+
+    # Canary rollout / rollback: healthy baseline, healthy candidate, flaky, slow.
+    rollout_models = {
+        1: build_rollout_healthy(1),
+        2: build_rollout_healthy(2),
+        3: build_rollout_flaky(),
+        4: build_rollout_slow(ROLLOUT_SLOW_SEED),
+    }
+    for version, model in sorted(rollout_models.items()):
+        emit_model(model, FIXTURE_DIR, "rollout", str(version), "model.onnx")
+    emit_config(
+        config_pbtxt(
+            "rollout", 8,
+            [("INPUT0", "TYPE_FP32", [4])],
+            [("OUTPUT0", "TYPE_FP32", [4])],
+            version_policy_all=True,
+        ),
+        FIXTURE_DIR, "rollout", "config.pbtxt",
     )
 
     # Same bytes as classifier version 1, deliberately without a config.pbtxt.

@@ -11,11 +11,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
-use crate::config::{ModelControlMode, Settings};
+use crate::config::{ModelControlMode, Settings, TrafficStore};
 use crate::executor::cpu::OnnxCpu;
 use crate::grpc;
 use crate::registry::{Registry, lifecycle, reconciler};
 use crate::repository::watcher::{self, RepositoryWatcher, Trigger};
+use crate::routing::controller;
 use crate::telemetry::metrics;
 
 /// Why the server stopped with an error.
@@ -35,10 +36,10 @@ pub enum AppError {
 
 /// Builds the registry and loads the models that the control mode asks for at start-up.
 pub async fn load_registry(settings: &Settings) -> Result<Arc<Registry>, AppError> {
-    let registry = Arc::new(Registry::new(
-        settings.model_repository.clone(),
-        Arc::new(OnnxCpu),
-    ));
+    let registry = Arc::new(
+        Registry::new(settings.model_repository.clone(), Arc::new(OnnxCpu))
+            .with_memory_only_traffic(settings.traffic_store == TrafficStore::Memory),
+    );
     let names = match settings.model_control_mode {
         ModelControlMode::Explicit => Some(settings.load_model.as_slice()),
         ModelControlMode::None | ModelControlMode::Poll | ModelControlMode::Watch => None,
@@ -84,6 +85,8 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// Prometheus `/metrics`, when served.
     pub metrics: Option<TcpListener>,
+    /// The management service, when it is served apart from inference.
+    pub management: Option<TcpListener>,
 }
 
 impl From<TcpListener> for Listeners {
@@ -91,6 +94,7 @@ impl From<TcpListener> for Listeners {
         Listeners {
             grpc,
             metrics: None,
+            management: None,
         }
     }
 }
@@ -113,6 +117,30 @@ fn serve_metrics(
         };
         if let Err(e) = metrics::serve(listener, registry, stop).await {
             warn!(error = %e, "metrics endpoint failed");
+        }
+    });
+    Ok(())
+}
+
+/// Starts the management service on its own listener; it stops when `stopping` turns true.
+fn serve_management(
+    listener: Option<TcpListener>,
+    registry: &Arc<Registry>,
+    settings: &Settings,
+    mut stopping: watch::Receiver<bool>,
+) -> Result<(), AppError> {
+    let Some(listener) = listener else {
+        return Ok(());
+    };
+    let addr = listener.local_addr().map_err(AppError::Listener)?;
+    info!(service = "management", addr = %addr, "listening");
+    let (registry, settings) = (Arc::clone(registry), settings.clone());
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        if let Err(e) = grpc::serve_management(registry, &settings, listener, stop).await {
+            warn!(error = %e, "management endpoint failed");
         }
     });
     Ok(())
@@ -148,13 +176,16 @@ pub async fn run(
     let Listeners {
         grpc: listener,
         metrics,
+        management,
     } = listeners.into();
     log_gpus();
     let registry = load_registry(&settings).await?;
     let _watch = follow_repository(&settings, &registry)?;
     let ready = Arc::new(AtomicBool::new(true));
     let (stopping_tx, stopping) = watch::channel(false);
-    serve_metrics(metrics, &registry, stopping)?;
+    serve_metrics(metrics, &registry, stopping.clone())?;
+    serve_management(management, &registry, &settings, stopping.clone())?;
+    tokio::spawn(controller::run(Arc::clone(&registry), stopping));
     let addr = listener.local_addr().map_err(AppError::Listener)?;
     let models = registry.models().len();
     info!(service = "grpc", addr = %addr, models, "listening");

@@ -3,11 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Subcommand};
+use clap::Args;
 use tokio::net::TcpListener;
 
 use switchyard::config::{Override, Settings};
 use switchyard::registry::VersionState;
+
+mod traffic;
+pub use traffic::{TrafficArgs, traffic};
 
 /// Flags of `switchyard serve`, named as `tritonserver` names them where the meaning is the same.
 /// Each overrides the settings file and the `SWITCHYARD_*` environment.
@@ -108,7 +111,7 @@ impl ServeArgs {
     }
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -151,6 +154,10 @@ pub fn serve(settings: Settings) -> ExitCode {
         let listeners = switchyard::app::Listeners {
             grpc: bind(settings.grpc_port).await?,
             metrics: Some(bind(settings.metrics_port).await?),
+            management: match settings.management_port {
+                Some(port) => Some(bind(port).await?),
+                None => None,
+            },
         };
         switchyard::app::run(settings, listeners, shutdown)
             .await
@@ -264,84 +271,6 @@ pub fn perf(args: switchyard::perf::PerfArgs) -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchyard perf: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `switchyard traffic`: talks to a running server's `switchyard.v1.TrafficControl` service.
-#[derive(Args, Debug)]
-pub struct TrafficArgs {
-    /// The server's gRPC address.
-    #[arg(short, long, default_value = "http://127.0.0.1:8001", global = true)]
-    url: String,
-    #[command(subcommand)]
-    command: TrafficCommand,
-}
-
-#[derive(Subcommand, Debug)]
-enum TrafficCommand {
-    /// Show the pinned, default and ready versions of a model.
-    Get { model: String },
-    /// Send every request that names no version to VERSION (loading it if needed).
-    Pin { model: String, version: String },
-    /// Return to the version policy (the newest ready version).
-    Unpin { model: String },
-}
-
-/// `switchyard traffic ...`: prints the model's routing state after the command.
-pub fn traffic(args: TrafficArgs) -> ExitCode {
-    use switchyard::proto::switchyard_v1::traffic_control_client::TrafficControlClient;
-    use switchyard::proto::switchyard_v1::{GetTrafficRequest, PinRequest, UnpinRequest};
-    let url = if args.url.contains("://") {
-        args.url.clone()
-    } else {
-        format!("http://{}", args.url)
-    };
-    let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
-        rt.block_on(async {
-            let mut client = TrafficControlClient::connect(url.clone())
-                .await
-                .map_err(|e| format!("cannot connect to {url}: {e}"))?;
-            let reply = match args.command {
-                TrafficCommand::Get { model } => {
-                    client.get_traffic(GetTrafficRequest { model }).await
-                }
-                TrafficCommand::Pin { model, version } => {
-                    client.pin(PinRequest { model, version }).await
-                }
-                TrafficCommand::Unpin { model } => client.unpin(UnpinRequest { model }).await,
-            };
-            reply
-                .map(|r| r.into_inner())
-                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
-        })
-    });
-    match result {
-        Ok(status) => {
-            let or_none = |s: &str| {
-                if s.is_empty() {
-                    "none".to_string()
-                } else {
-                    s.to_string()
-                }
-            };
-            println!("model:   {}", status.model);
-            println!(
-                "pinned:  {}{}",
-                or_none(&status.pinned_version),
-                if status.pin_scope.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", status.pin_scope)
-                }
-            );
-            println!("default: {}", or_none(&status.default_version));
-            println!("ready:   {}", status.ready_versions.join(", "));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("switchyard traffic: {e}");
             ExitCode::FAILURE
         }
     }

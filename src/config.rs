@@ -44,6 +44,9 @@ pub const SETTING_KEYS: &[&str] = &[
     "trace_sampling_ratio",
     "log_format",
     "log_filter",
+    "management_port",
+    "management_token",
+    "traffic_store",
 ];
 
 /// Prefix of environment variables that set settings (`SWITCHYARD_GRPC_PORT=9001`).
@@ -75,6 +78,18 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log pipelines.
     Json,
+}
+
+/// Where traffic changes made through the management API are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TrafficStore {
+    /// Rewrite `<model>/traffic.yaml` atomically, so replicas sharing the repository agree; fall
+    /// back to memory where the repository cannot be written.
+    #[default]
+    File,
+    /// Never write the repository; hold changes in memory (lost at restart).
+    Memory,
 }
 
 /// Every setting of the daemon.
@@ -116,6 +131,14 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter in `RUST_LOG` syntax, used when `RUST_LOG` is unset.
     pub log_filter: String,
+    /// Serve the management service (`switchyard.v1.TrafficControl`) on this port of the gRPC
+    /// address instead of the inference port, so inference clients cannot reach it; 0 picks a
+    /// free one. Unset: served on the gRPC port.
+    pub management_port: Option<u16>,
+    /// When set, every management call must carry `authorization: Bearer <token>`.
+    pub management_token: Option<String>,
+    /// Where traffic changes are kept: file (default) or memory.
+    pub traffic_store: TrafficStore,
 }
 
 impl Default for Settings {
@@ -137,6 +160,9 @@ impl Default for Settings {
             trace_sampling_ratio: 1.0,
             log_format: LogFormat::Text,
             log_filter: "info".to_string(),
+            management_port: None,
+            management_token: None,
+            traffic_store: TrafficStore::File,
         }
     }
 }
@@ -222,6 +248,9 @@ impl Settings {
             return invalid(
                 "repository_poll_secs and repository_rescan_secs must be at least 1".into(),
             );
+        }
+        if self.management_token.as_deref().is_some_and(str::is_empty) {
+            return invalid("management_token is set but empty".into());
         }
         if self.model_control_mode != ModelControlMode::Explicit && !self.load_model.is_empty() {
             return invalid(

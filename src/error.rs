@@ -19,6 +19,10 @@ pub enum Code {
     Internal,
     /// The operation is not provided by this server (UNIMPLEMENTED).
     Unimplemented,
+    /// The operation does not apply to the current state (FAILED_PRECONDITION).
+    FailedPrecondition,
+    /// The caller did not prove who it is (UNAUTHENTICATED).
+    Unauthenticated,
 }
 
 /// Every failure the server reports.
@@ -75,6 +79,14 @@ pub enum Error {
     /// The operation exists in the protocol but is not provided.
     #[error("{0}")]
     Unsupported(String),
+
+    /// The operation does not apply to the model's current state; the message says why.
+    #[error("{0}")]
+    FailedPrecondition(String),
+
+    /// A management call without the configured bearer token.
+    #[error("{0}")]
+    Unauthenticated(String),
 }
 
 impl Error {
@@ -88,6 +100,8 @@ impl Error {
             Error::Exhausted(_) => Code::ResourceExhausted,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Unsupported(_) => Code::Unimplemented,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
         }
     }
 

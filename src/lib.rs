@@ -5,6 +5,7 @@
 //!   gRPC statuses.
 //! - [`registry`]: the live models; each publishes one immutable snapshot through `ArcSwap`.
 //!   [`registry::lifecycle`] loads versions off the request path and swaps them in when ready.
+//! - [`routing`]: traffic policies — weights, sticky keys, shadow traffic, automatic rollouts.
 //! - [`schema`]: a model's checked tensor interface, applied to every request.
 //! - [`batching`]: scheduling onto instances — the dynamic batcher, queue policy and admission
 //!   limits.
@@ -25,6 +26,7 @@ pub mod perf;
 pub mod proto;
 pub mod registry;
 pub mod repository;
+pub mod routing;
 pub mod schema;
 pub mod telemetry;
 pub mod tensor;

@@ -565,7 +565,7 @@ async fn pinning_rolls_back_at_once_and_unpinning_returns_to_the_policy() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("pinned:  1 (memory)") && stdout.contains("default: 1"),
+        stdout.contains("pinned:  1 (file)") && stdout.contains("default: 1"),
         "{stdout}"
     );
     for _ in 0..20 {

@@ -1,5 +1,5 @@
-//! The gRPC frontend: Triton's `inference.GRPCInferenceService`, `grpc.health.v1` and server
-//! reflection. Only this module (and the generated code) touches tonic and prost types.
+//! The gRPC frontend: Triton's `inference.GRPCInferenceService`, `grpc.health.v1`, server
+//! reflection and our `switchyard.v1.TrafficControl` (on the inference port, or on its own). Only this module (and the generated code) touches tonic and prost types.
 
 mod convert;
 mod service;
@@ -13,12 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::{ModelControlMode, Settings};
 pub use crate::proto::inference as pb;
 use crate::registry::Registry;
 pub use service::InferenceService;
+pub use traffic::policy_to_wire;
 
 use crate::proto::switchyard_v1::traffic_control_server::TrafficControlServer;
 use pb::grpc_inference_service_server::GrpcInferenceServiceServer;
@@ -29,6 +31,34 @@ pub struct Context {
     pub control_mode: ModelControlMode,
     /// False until start-up loading is done, and again once shutdown begins.
     pub ready: Arc<AtomicBool>,
+}
+
+/// The management service, behind its bearer-token check.
+fn management(
+    registry: &Arc<Registry>,
+    settings: &Settings,
+) -> InterceptedService<TrafficControlServer<traffic::TrafficService>, traffic::RequireToken> {
+    let token = settings.management_token.as_deref().map(Arc::from);
+    TrafficControlServer::with_interceptor(
+        traffic::TrafficService::new(Arc::clone(registry)),
+        traffic::RequireToken(token),
+    )
+}
+
+/// Serves only the management service (and health) on its own listener, for deployments that
+/// keep it away from inference clients.
+pub async fn serve_management(
+    registry: Arc<Registry>,
+    settings: &Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (_health, health_service) = tonic_health::server::health_reporter();
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(management(&registry, settings))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await
 }
 
 /// Serves on an already-bound listener until `shutdown` resolves, then stops accepting and lets
@@ -48,8 +78,11 @@ pub async fn serve(
         .build_v1()
         .map_err(|e| unreachable_reflection(&e));
     let limit = settings.grpc_max_message_bytes;
-    let traffic =
-        TrafficControlServer::new(traffic::TrafficService::new(Arc::clone(&context.registry)));
+    // With a management port, the management service is served there only.
+    let traffic = settings
+        .management_port
+        .is_none()
+        .then(|| management(&context.registry, settings));
     let inference = GrpcInferenceServiceServer::new(InferenceService::new(context))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
@@ -62,7 +95,7 @@ pub async fn serve(
     let mut router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(inference)
-        .add_service(traffic);
+        .add_optional_service(traffic);
     if let Ok(reflection) = reflection {
         router = router.add_service(reflection);
     }

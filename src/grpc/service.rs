@@ -12,7 +12,9 @@ use crate::config::ModelControlMode;
 use crate::error::Error;
 use crate::registry::{ModelSnapshot, lifecycle};
 use crate::repository::load_request;
+use crate::routing::{ROUTING_KEY_PARAMETER, RouteKind, shadow};
 use crate::schema::ModelSchema;
+use crate::tensor::{InferRequest, Parameter};
 
 use super::pb::grpc_inference_service_server::GrpcInferenceService;
 use super::pb::model_metadata_response::TensorMetadata;
@@ -23,6 +25,23 @@ use tracing::Instrument;
 
 /// Requests of one stream processed at once; answers still leave in request order.
 const STREAM_CONCURRENCY: usize = 16;
+
+/// The request's routing key: its `routing_key` parameter, else the metadata header the traffic
+/// policy names.
+fn routing_key(
+    request: &InferRequest,
+    metadata: &tonic::metadata::MetadataMap,
+    header: Option<&str>,
+) -> Option<String> {
+    match request.parameters.get(ROUTING_KEY_PARAMETER) {
+        Some(Parameter::String(key)) => return Some(key.clone()),
+        Some(Parameter::Int64(key)) => return Some(key.to_string()),
+        Some(Parameter::Uint64(key)) => return Some(key.to_string()),
+        _ => {}
+    }
+    let value = metadata.get(header?)?;
+    value.to_str().ok().map(str::to_string)
+}
 
 /// The Triton-compatible inference service.
 #[derive(Clone)]
@@ -40,14 +59,31 @@ impl InferenceService {
         }
     }
 
-    async fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, Error> {
+    async fn infer(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        request: ModelInferRequest,
+    ) -> Result<ModelInferResponse, Error> {
         let request = convert::infer_request(request)?;
-        let version = self
-            .context
-            .registry
-            .pick(&request.model_name, &request.model_version)?;
-        let response = version.infer(request).await?;
-        Ok(convert::infer_response(response))
+        let model = self.context.registry.get(&request.model_name)?;
+        let routed = model.route(&request.model_version, |header| {
+            routing_key(&request, metadata, header)
+        })?;
+        trace::record_route(&tracing::Span::current(), &routed);
+        let mirror = match (&routed.shadow, routed.kind) {
+            (_, RouteKind::Named) | (None, _) => None,
+            (Some(target), _) => shadow::mirror(
+                target,
+                &model.shadow_slots,
+                routed.version.version,
+                &request,
+            ),
+        };
+        let response = routed.version.infer(request).await;
+        if let Some(mirror) = mirror {
+            mirror.primary_done(response.as_ref().map_err(|_| ()));
+        }
+        Ok(convert::infer_response(response?))
     }
 
     /// `infer` inside a request span continuing the caller's trace.
@@ -63,7 +99,7 @@ impl InferenceService {
             &request.model_name,
             &request.model_version,
         );
-        let outcome = self.infer(request).instrument(span.clone()).await;
+        let outcome = self.infer(metadata, request).instrument(span.clone()).await;
         let served = outcome.as_ref().ok().map(|r| r.model_version.as_str());
         let error = outcome.as_ref().err().map(|e| e.to_string());
         trace::record_outcome(&span, served, error.as_deref());

@@ -14,6 +14,8 @@ impl From<Error> for Status {
             Code::DeadlineExceeded => GrpcCode::DeadlineExceeded,
             Code::Internal => GrpcCode::Internal,
             Code::Unimplemented => GrpcCode::Unimplemented,
+            Code::FailedPrecondition => GrpcCode::FailedPrecondition,
+            Code::Unauthenticated => GrpcCode::Unauthenticated,
         };
         Status::new(code, error.to_string())
     }

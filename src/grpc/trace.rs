@@ -50,6 +50,8 @@ pub fn request_span(
         model = model,
         requested_version = version,
         served_version = tracing::field::Empty,
+        route = tracing::field::Empty,
+        routing_key_hash = tracing::field::Empty,
     );
     let propagator = TextMapCompositePropagator::new(vec![
         Box::new(TraceContextPropagator::new()),
@@ -68,5 +70,16 @@ pub fn record_outcome(span: &Span, served_version: Option<&str>, error: Option<&
     if let Some(error) = error {
         span.record("otel.status_code", "ERROR");
         span.set_status(opentelemetry::trace::Status::error(error.to_string()));
+    }
+}
+
+/// Records how the request was routed: the route kind and the routing key's hash (never the key).
+pub fn record_route(span: &Span, routed: &crate::registry::Routed) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("route", routed.kind.as_str());
+    if let Some(hash) = routed.key_hash {
+        span.record("routing_key_hash", format!("{hash:016x}"));
     }
 }

@@ -16,6 +16,10 @@ pub struct ModelEvents {
     pub load_nanos: AtomicU64,
     pub swaps: AtomicU64,
     pub retirements: AtomicU64,
+    /// Rollouts that reached 100% by themselves.
+    pub rollout_promotions: AtomicU64,
+    /// Rollouts rolled back by a failed gate.
+    pub rollout_rollbacks: AtomicU64,
 }
 
 /// Lifecycle counters of every model ever seen.
@@ -32,6 +36,8 @@ pub struct EventCounts {
     pub load_nanos: u64,
     pub swaps: u64,
     pub retirements: u64,
+    pub rollout_promotions: u64,
+    pub rollout_rollbacks: u64,
 }
 
 impl Events {
@@ -60,6 +66,18 @@ impl Events {
         });
     }
 
+    /// Counts an automatic rollout decision: "promote" or "rollback".
+    pub fn rollout_decision(&self, model: &str, decision: &str) {
+        self.with(model, |e| {
+            let counter = if decision == "promote" {
+                &e.rollout_promotions
+            } else {
+                &e.rollout_rollbacks
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
     /// Every model's counters, sorted by name.
     pub fn counts(&self) -> Vec<(String, EventCounts)> {
         let mut out: Vec<(String, EventCounts)> = self
@@ -73,6 +91,8 @@ impl Events {
                     load_nanos: load(&e.load_nanos),
                     swaps: load(&e.swaps),
                     retirements: load(&e.retirements),
+                    rollout_promotions: load(&e.rollout_promotions),
+                    rollout_rollbacks: load(&e.rollout_rollbacks),
                 };
                 (e.key().clone(), counts)
             })

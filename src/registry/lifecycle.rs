@@ -17,7 +17,10 @@ use crate::executor::Backend;
 use crate::proto::inference::ModelConfig;
 use crate::repository::{self, Fingerprint, ModelSource, ScannedModel};
 
+use crate::routing::TrafficPolicy;
+
 use super::resolve::{Resolved, resolve};
+use super::traffic;
 use super::{ModelSnapshot, ModelVersion, Registry, VersionState, VersionStatus, warmup};
 
 /// How eagerly new files are taken.
@@ -113,7 +116,11 @@ pub async fn load_all(registry: &Arc<Registry>, names: Option<&[String]>) -> std
 }
 
 /// Reconciles one model as asked by a command: files are taken as they are, no settling.
-async fn reconcile_now(registry: &Arc<Registry>, name: &str, scanned: ScannedModel) -> Reconciled {
+pub(crate) async fn reconcile_now(
+    registry: &Arc<Registry>,
+    name: &str,
+    scanned: ScannedModel,
+) -> Reconciled {
     let mut looks = Looks::default();
     reconcile(registry, name, scanned, &mut looks, Settle::IMMEDIATE).await
 }
@@ -153,50 +160,6 @@ pub fn unload_model(registry: &Registry, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Pins a model to a version (or unpins it with `None`) and reconciles it with disk at once, so a
-/// pinned version the policy does not select is loaded, and an unpinned one is retired.
-pub async fn pin(registry: &Arc<Registry>, name: &str, version: Option<u64>) -> Result<()> {
-    let model = registry.get(name)?;
-    let dir = registry.root().join(name);
-    let model_name = name.to_string();
-    let scanned = tokio::task::spawn_blocking(move || repository::scan_model(&model_name, &dir))
-        .await
-        .map_err(|e| Error::Unavailable(format!("pin task failed: {e}")))?;
-    let on_disk = scanned
-        .as_ref()
-        .map(|s| version.is_none_or(|v| s.versions.contains_key(&v)));
-    if let (Ok(false), Some(v)) = (on_disk, version) {
-        return Err(Error::UnknownVersion {
-            model: name.to_string(),
-            version: v.to_string(),
-        });
-    }
-    let previous = model.snapshot();
-    model.publish(previous.with_pin(version));
-    reconcile_now(registry, name, scanned).await;
-    let now = model.snapshot();
-    match version {
-        None => info!(model = name, "model unpinned"),
-        Some(v) if now.default_version == Some(v) => {
-            info!(model = name, version = v, "model pinned")
-        }
-        Some(v) => {
-            // The pinned version cannot serve: keep the previous pin and say why.
-            model.publish(now.with_pin(previous.pinned));
-            let reason = now
-                .versions
-                .get(&v)
-                .map(|s| s.reason.clone())
-                .unwrap_or_default();
-            return Err(Error::NotReady {
-                model: format!("{name}' version '{v}"),
-                reason,
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Brings one model in line with its scanned source and publishes the result when it changed.
 pub async fn reconcile(
     registry: &Arc<Registry>,
@@ -223,7 +186,15 @@ pub async fn reconcile(
             return publish_failure(registry, name, &current, format!("load task failed: {e}"));
         }
     };
-    let plan = plan(name, &current, &source, &resolved.config, looks, settle);
+    let traffic = traffic::state_from(registry, name, &source.traffic, &current.traffic);
+    let plan = plan(
+        name,
+        &current,
+        &source,
+        (&resolved.config, &traffic.policy),
+        looks,
+        settle,
+    );
     let mut versions = plan.keep;
     if !plan.load.is_empty() {
         let backend = Arc::clone(registry.backend());
@@ -260,14 +231,9 @@ pub async fn reconcile(
         Arc::new(resolved.config.clone()),
         source.config_digest,
         versions,
-        current.pinned,
+        traffic,
     );
-    let changed = !same_snapshot(&current, &snapshot);
-    if changed {
-        let retired = log_swap(name, &current, &snapshot);
-        registry.events.swap(name, retired);
-        registry.publish(name, snapshot);
-    }
+    let changed = traffic::publish_with_current_policy(registry, name, snapshot, &current).await;
     Reconciled {
         changed,
         pending: plan.pending,
@@ -309,18 +275,23 @@ struct Plan {
     pending: bool,
 }
 
+/// The policy selects versions; the traffic policy adds the versions it routes to.
 fn plan(
     name: &str,
     current: &ModelSnapshot,
     source: &ModelSource,
-    config: &ModelConfig,
+    (config, policy): (&ModelConfig, &TrafficPolicy),
     looks: &mut Looks,
     settle: Settle,
 ) -> Plan {
     let mut wanted: BTreeSet<u64> = repository::select_versions(config, &source.versions)
         .into_iter()
         .collect();
-    wanted.extend(current.pinned.filter(|v| source.versions.contains_key(v)));
+    wanted.extend(
+        traffic::referenced(policy)
+            .into_iter()
+            .filter(|v| source.versions.contains_key(v)),
+    );
     let mut plan = Plan {
         keep: BTreeMap::new(),
         load: Vec::new(),
@@ -411,7 +382,7 @@ fn load_version(
 }
 
 /// Whether two snapshots would serve and report the same.
-fn same_snapshot(a: &ModelSnapshot, b: &ModelSnapshot) -> bool {
+pub(super) fn same_snapshot(a: &ModelSnapshot, b: &ModelSnapshot) -> bool {
     let same_version = |x: &VersionStatus, y: &VersionStatus| {
         x.state == y.state
             && x.reason == y.reason
@@ -424,6 +395,7 @@ fn same_snapshot(a: &ModelSnapshot, b: &ModelSnapshot) -> bool {
             }
     };
     a.reason == b.reason
+        && a.traffic == b.traffic
         && a.config_digest == b.config_digest
         && a.default_version == b.default_version
         && a.versions.len() == b.versions.len()
@@ -431,6 +403,17 @@ fn same_snapshot(a: &ModelSnapshot, b: &ModelSnapshot) -> bool {
             .iter()
             .zip(&b.versions)
             .all(|((v, x), (w, y))| v == w && same_version(x, y))
+}
+
+/// Logs a swap and counts it with the versions it retires.
+pub(super) fn log_swap_and_count(
+    registry: &Registry,
+    name: &str,
+    old: &ModelSnapshot,
+    new: &ModelSnapshot,
+) {
+    let retired = log_swap(name, old, new);
+    registry.events.swap(name, retired);
 }
 
 /// Logs a swap; returns how many serving versions it retired.

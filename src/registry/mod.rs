@@ -9,6 +9,7 @@ pub mod lifecycle;
 pub mod reconciler;
 pub mod resolve;
 pub mod stats;
+pub mod traffic;
 pub mod version;
 mod warmup;
 
@@ -23,6 +24,10 @@ use crate::error::{Error, Result};
 use crate::executor::Backend;
 use crate::proto::inference::ModelConfig;
 use crate::repository::Fingerprint;
+use crate::routing::history::History;
+use crate::routing::router::{RouteKind, ShadowTarget, key_hash};
+use crate::routing::shadow::ShadowSlots;
+use crate::routing::{RouteTable, TrafficPolicy, TrafficState};
 
 pub use version::ModelVersion;
 
@@ -68,13 +73,15 @@ pub struct ModelSnapshot {
     pub versions: BTreeMap<u64, VersionStatus>,
     /// Why the model as a whole cannot serve (invalid configuration, unloaded); empty otherwise.
     pub reason: String,
-    /// The version that serves requests naming none: the pinned one when it is ready, else the
-    /// newest ready one.
+    /// The version that serves requests naming none when no weights apply: the pinned one when
+    /// it is ready, else the newest ready one.
     pub default_version: Option<u64>,
     /// Digest of the configuration file in force (0: none, or completed from the model file).
     pub config_digest: u64,
-    /// A version every request naming none goes to, set through the management API.
-    pub pinned: Option<u64>,
+    /// The traffic policy in force and where it comes from.
+    pub traffic: TrafficState,
+    /// Derived from the policy and the ready versions when the snapshot is built.
+    pub routes: RouteTable,
 }
 
 impl ModelSnapshot {
@@ -86,50 +93,85 @@ impl ModelSnapshot {
         }
     }
 
-    /// Builds a snapshot and derives its default version.
+    /// Builds a snapshot and derives its default version and route table.
     pub fn new(
         config: Arc<ModelConfig>,
         config_digest: u64,
         versions: BTreeMap<u64, VersionStatus>,
-        pinned: Option<u64>,
+        traffic: TrafficState,
     ) -> ModelSnapshot {
-        let mut snapshot = ModelSnapshot {
+        let snapshot = ModelSnapshot {
             config: Some(config),
             versions,
             config_digest,
-            pinned,
             ..ModelSnapshot::default()
         };
+        snapshot.with_traffic(traffic)
+    }
+
+    /// The same snapshot under another traffic policy.
+    pub fn with_traffic(&self, traffic: TrafficState) -> ModelSnapshot {
+        let mut snapshot = self.clone();
+        snapshot.routes = RouteTable::build(&traffic.policy, &snapshot.versions);
+        snapshot.traffic = traffic;
         snapshot.default_version = snapshot.derive_default();
         snapshot
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &TrafficPolicy {
+        &self.traffic.policy
+    }
+
+    /// The pinned version, if any (ready or not).
+    pub fn pinned(&self) -> Option<u64> {
+        self.traffic.policy.pin
     }
 
     /// The pinned version if it is ready, else the newest ready one.
     fn derive_default(&self) -> Option<u64> {
         let ready = |v: &u64| self.versions.get(v).is_some_and(|s| s.serving.is_some());
-        self.pinned
+        self.pinned()
             .filter(ready)
             .or_else(|| self.versions.keys().rev().copied().find(ready))
-    }
-
-    /// The same snapshot with another pin.
-    pub fn with_pin(&self, pinned: Option<u64>) -> ModelSnapshot {
-        let mut snapshot = self.clone();
-        snapshot.pinned = pinned;
-        snapshot.default_version = snapshot.derive_default();
-        snapshot
     }
 
     /// The ready versions, oldest first.
     pub fn ready_versions(&self) -> impl Iterator<Item = &Arc<ModelVersion>> {
         self.versions.values().filter_map(|s| s.serving.as_ref())
     }
+
+    /// The version taking the largest share of requests naming none: the pin, else the arm
+    /// with the largest weight, else the default version.
+    pub fn primary_version(&self) -> Option<u64> {
+        if let Some(pinned) = self.routes.pinned() {
+            return Some(pinned.version);
+        }
+        self.routes
+            .effective_percent()
+            .into_iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
+            .map(|(v, _)| v)
+            .or(self.default_version)
+    }
+}
+
+/// Where a request goes and why.
+pub struct Routed {
+    pub version: Arc<ModelVersion>,
+    pub kind: RouteKind,
+    /// Hash of the routing key, when the request had one.
+    pub key_hash: Option<u64>,
+    /// The shadow target, for requests routed by policy while shadow traffic is on.
+    pub shadow: Option<ShadowTarget>,
 }
 
 /// A model by name, with its current snapshot.
 pub struct Model {
     pub name: String,
     snapshot: ArcSwap<ModelSnapshot>,
+    /// Bounds the shadow requests in flight for this model.
+    pub shadow_slots: ShadowSlots,
 }
 
 impl Model {
@@ -137,6 +179,7 @@ impl Model {
         Model {
             name: name.to_string(),
             snapshot: ArcSwap::from_pointee(snapshot),
+            shadow_slots: ShadowSlots::default(),
         }
     }
 
@@ -148,6 +191,53 @@ impl Model {
     /// Publishes a new snapshot; requests already running keep the versions they hold.
     pub fn publish(&self, snapshot: ModelSnapshot) {
         self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Routes a request: to the version it names; else to the pinned version; else by the
+    /// policy's weights (sticky when `key` is given); else to the default version.
+    /// `key` is given the name of the header the policy reads the routing key from, and
+    /// returns the request's key, if any.
+    pub fn route(
+        &self,
+        version: &str,
+        key: impl FnOnce(Option<&str>) -> Option<String>,
+    ) -> Result<Routed> {
+        let snapshot = self.snapshot.load();
+        let named = |version| Routed {
+            version,
+            kind: RouteKind::Named,
+            key_hash: None,
+            shadow: None,
+        };
+        if !version.is_empty() {
+            return self.pick(version).map(named);
+        }
+        let key_hash = key(snapshot.traffic.policy.routing_key.as_deref()).map(|k| key_hash(&k));
+        let shadow = snapshot.routes.shadow().cloned();
+        if let Some(pinned) = snapshot.routes.pinned() {
+            let version = in_service(Arc::clone(pinned), &snapshot);
+            return Ok(Routed {
+                version,
+                kind: RouteKind::Pinned,
+                key_hash,
+                shadow,
+            });
+        }
+        if let Some((version, kind)) = snapshot.routes.pick(key_hash) {
+            return Ok(Routed {
+                version: Arc::clone(version),
+                kind,
+                key_hash,
+                shadow,
+            });
+        }
+        let version = self.pick("")?;
+        Ok(Routed {
+            version,
+            kind: RouteKind::Default,
+            key_hash,
+            shadow,
+        })
     }
 
     /// The version serving a request: the one named, or the default.
@@ -223,6 +313,14 @@ pub struct Registry {
     models: DashMap<String, Arc<Model>>,
     /// Lifecycle counters, by model.
     pub events: events::Events,
+    /// Every traffic change, by model.
+    pub history: History,
+    /// Traffic policies held in memory instead of the repository, by model, with the reason.
+    overrides: DashMap<String, (TrafficPolicy, String)>,
+    /// Serialises traffic changes (read, modify, write, publish).
+    traffic_lock: tokio::sync::Mutex<()>,
+    /// Never write traffic files; hold every change in memory.
+    memory_only: bool,
 }
 
 impl Registry {
@@ -233,7 +331,18 @@ impl Registry {
             backend,
             models: DashMap::new(),
             events: events::Events::default(),
+            history: History::default(),
+            overrides: DashMap::new(),
+            traffic_lock: tokio::sync::Mutex::new(()),
+            memory_only: false,
         }
+    }
+
+    /// Keeps traffic changes in memory instead of writing `traffic.yaml` (for repositories the
+    /// daemon must not write).
+    pub fn with_memory_only_traffic(mut self, memory_only: bool) -> Registry {
+        self.memory_only = memory_only;
+        self
     }
 
     /// The repository directory.

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::executor::Phases;
+use crate::routing::shadow::ShadowStats;
+use crate::routing::stats::LatencyHistogram;
 
 /// A count and the total time of what was counted.
 #[derive(Debug, Default)]
@@ -58,6 +60,10 @@ pub struct VersionStats {
     /// Milliseconds since the epoch of the last answered request.
     pub last_inference_ms: AtomicU64,
     batches: Mutex<BTreeMap<u64, BatchFigures>>,
+    /// End-to-end latency of successful requests (for p50/p99, rollout gates, the A/B report).
+    pub latency: LatencyHistogram,
+    /// What shadow traffic to this version found.
+    pub shadow: ShadowStats,
 }
 
 /// The phases of one successful execution.
@@ -75,6 +81,7 @@ impl VersionStats {
     /// was part of, as Triton counts them.
     pub fn record_success(&self, t: Timings) {
         self.success.record(t.total);
+        self.latency.record(t.total);
         self.queue.record(t.queue);
         self.compute_input.record(t.compute_input);
         self.compute_infer.record(t.compute_infer);

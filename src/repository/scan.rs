@@ -11,6 +11,8 @@ use std::time::SystemTime;
 use crate::proto::inference::ModelConfig;
 use crate::proto::inference::model_version_policy::PolicyChoice;
 
+use crate::routing::{TrafficPolicy, policy};
+
 use super::model_config::{self, CONFIG_FILE, DEFAULT_MODEL_FILENAME};
 
 /// A model directory as found on disk.
@@ -25,6 +27,8 @@ pub struct ModelSource {
     pub config_digest: u64,
     /// Every numeric version directory.
     pub versions: BTreeMap<u64, VersionSource>,
+    /// The model's `traffic.yaml`: `Ok(None)` when there is none, `Err` saying why it is invalid.
+    pub traffic: Result<Option<TrafficPolicy>, String>,
 }
 
 /// One version directory as found on disk.
@@ -50,6 +54,21 @@ impl Fingerprint {
         collect_files(dir, dir, &mut files);
         files.sort();
         Fingerprint { files }
+    }
+
+    /// A short digest of the files (names, sizes, modification times), to tell later whether
+    /// they changed.
+    /// Stable across processes and releases, as it is written to `traffic.yaml`.
+    pub fn digest(&self) -> String {
+        let mut text = String::new();
+        for (path, len, modified) in &self.files {
+            let nanos = modified
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            text.push_str(&format!("{}\0{len}\0{nanos}\n", path.display()));
+        }
+        format!("{:016x}", crate::routing::router::key_hash(&text))
     }
 
     /// The most recent modification time of any file, if there are files.
@@ -140,6 +159,7 @@ pub fn source_from(
         config,
         config_digest,
         versions,
+        traffic: policy::read(dir),
     })
 }
 

@@ -1,6 +1,7 @@
 //! Prometheus metrics in the text exposition format on `/metrics`. Triton's `nv_inference_*` names
 //! and labels where the meaning is the same (so existing Triton dashboards work), our own
-//! `switchyard_*` for the model lifecycle. Values are read at scrape time from the counters the
+//! `switchyard_*` for the model lifecycle, traffic shares, rollouts, shadow traffic and latency
+//! histograms. Values are read at scrape time from the counters the
 //! request path and the lifecycle already keep; labels are bounded (model, version, outcome).
 //!
 //! The text is written here rather than through a metrics crate because Triton's counter names
@@ -18,6 +19,8 @@ use tokio::net::TcpListener;
 
 use crate::registry::Registry;
 use crate::registry::stats::VersionStats;
+
+mod traffic;
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -212,9 +215,11 @@ pub fn render(registry: &Registry) -> String {
     for family in request_families(registry)
         .iter()
         .chain(&lifecycle_families(registry))
+        .chain(&traffic::families(registry))
     {
         family.write(&mut out);
     }
+    traffic::latency_histograms(registry, &mut out);
     out
 }
 

@@ -13,6 +13,8 @@ use switchyard::config::{ModelControlMode, Settings};
 use switchyard::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use tonic::transport::Channel;
 
+pub mod traffic;
+
 /// The crate root, where `model_repository/` and `tests/fixtures/` live.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -89,6 +91,8 @@ pub struct Server {
     pub addr: std::net::SocketAddr,
     /// Where `/metrics` is served.
     pub metrics_addr: std::net::SocketAddr,
+    /// Where the management service is served when it has its own port.
+    pub management_addr: Option<std::net::SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), switchyard::app::AppError>>,
     _repo: Repo,
@@ -113,9 +117,15 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_addr = metrics.local_addr().unwrap();
+        let management = match settings.management_port {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            None => None,
+        };
+        let management_addr = management.as_ref().map(|l| l.local_addr().unwrap());
         let listeners = switchyard::app::Listeners {
             grpc: listener,
             metrics: Some(metrics),
+            management,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(switchyard::app::run(settings, listeners, async move {
@@ -124,6 +134,7 @@ impl Server {
         Server {
             addr,
             metrics_addr,
+            management_addr,
             stop: Some(stop),
             task,
             _repo: repo,
@@ -162,8 +173,33 @@ impl Server {
         body.to_string()
     }
 
+    /// The repository directory the server runs on.
+    pub fn repo_path(&self) -> &Path {
+        self._repo.path()
+    }
+
+    /// A client of the management service (on its own port when it has one).
+    pub async fn traffic_client(
+        &self,
+    ) -> switchyard::proto::switchyard_v1::traffic_control_client::TrafficControlClient<Channel>
+    {
+        let addr = self.management_addr.unwrap_or(self.addr);
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .expect("connect to the management service");
+        switchyard::proto::switchyard_v1::traffic_control_client::TrafficControlClient::new(channel)
+    }
+
     /// Triggers shutdown and waits for the server to finish.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_keeping_repo().await;
+    }
+
+    /// Stops the server and hands back its repository, to start another server on it.
+    pub async fn stop_keeping_repo(mut self) -> Repo {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -173,6 +209,7 @@ impl Server {
             .expect("server stops within 30 s")
             .expect("server task")
             .expect("server ran cleanly");
+        self._repo
     }
 }
 
