@@ -61,6 +61,15 @@ pub struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long)]
     log_format: Option<String>,
+    /// Serve the management service on this port only (not on the gRPC port); 0 picks one.
+    #[arg(long)]
+    management_port: Option<u16>,
+    /// Require `authorization: Bearer TOKEN` on management calls.
+    #[arg(long, env = "SWITCHYARD_MANAGEMENT_TOKEN", hide_env_values = true)]
+    management_token: Option<String>,
+    /// Where traffic changes are kept: file (rewrite traffic.yaml) or memory [default: file].
+    #[arg(long)]
+    traffic_store: Option<String>,
 }
 
 impl ServeArgs {
@@ -104,6 +113,15 @@ impl ServeArgs {
             "trace_sampling_ratio",
             self.trace_sampling_ratio.map(Into::into),
         );
+        set(
+            "management_port",
+            self.management_port.map(|v| u64::from(v).into()),
+        );
+        set(
+            "management_token",
+            self.management_token.clone().map(Into::into),
+        );
+        set("traffic_store", self.traffic_store.clone().map(Into::into));
         if !self.load_model.is_empty() {
             set("load_model", Some(self.load_model.clone().into()));
         }

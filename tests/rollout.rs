@@ -211,3 +211,143 @@ async fn a_slow_version_is_rolled_back_by_itself() {
     assert!(rollout.reason.contains("p99"), "{}", rollout.reason);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_drive_a_rollout_by_hand() {
+    // Paused: no rollout starts by itself; an hour per step: none advances by itself.
+    let yaml = "weights:\n  \"1\": 100\nrollout:\n  steps: [20, 50, 100]\n  interval: 1h\n  \
+                paused: true\n";
+    let server = Server::start(rollout_repo(&[1, 2], yaml)).await;
+    let mut traffic = server.traffic_client().await;
+    let model = || "rollout".to_string();
+    assert!(current_status(&mut traffic).await.rollout.is_none());
+
+    let start = pb::StartRolloutRequest {
+        model: model(),
+        version: "2".into(),
+    };
+    let status = traffic.start_rollout(start).await.unwrap().into_inner();
+    let share = |s: &pb::TrafficStatus, v: &str| s.effective_percent.get(v).copied();
+    assert_eq!(
+        (share(&status, "1"), share(&status, "2")),
+        (Some(80.0), Some(20.0))
+    );
+    assert_eq!(status.rollout.as_ref().unwrap().phase, "running");
+
+    let paused = traffic
+        .pause_rollout(pb::PauseRolloutRequest { model: model() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(paused.rollout.unwrap().phase, "paused");
+    let resumed = traffic
+        .resume_rollout(pb::ResumeRolloutRequest { model: model() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resumed.rollout.unwrap().phase, "running");
+
+    let promote = pb::PromoteRequest {
+        model: model(),
+        version: String::new(),
+    };
+    let promoted = traffic.promote(promote).await.unwrap().into_inner();
+    assert_ended(&promoted, "promoted", "2", "2");
+
+    // Rolling back from 2 goes to 1 and marks 2 failed; no older version remains after that.
+    let rollback = || pb::RollbackRequest {
+        model: model(),
+        version: String::new(),
+    };
+    let rolled = traffic.rollback(rollback()).await.unwrap().into_inner();
+    assert_eq!(share(&rolled, "1"), Some(100.0), "{rolled:#?}");
+    assert_eq!(rolled.failed_versions, vec!["2".to_string()]);
+    let none_older = traffic.rollback(rollback()).await.unwrap_err();
+    assert_eq!(
+        none_older.code(),
+        tonic::Code::FailedPrecondition,
+        "{none_older:?}"
+    );
+    assert!(
+        none_older.message().contains("no older version"),
+        "{none_older:?}"
+    );
+
+    // A command may retry a failed version: starting it clears the mark.
+    let start = pb::StartRolloutRequest {
+        model: model(),
+        version: String::new(),
+    };
+    let again = traffic.start_rollout(start).await.unwrap().into_inner();
+    assert!(again.failed_versions.is_empty(), "{again:#?}");
+    assert_eq!(again.rollout.unwrap().candidate, "2");
+    let causes: Vec<String> = history(&mut traffic)
+        .await
+        .into_iter()
+        .map(|e| e.cause)
+        .collect();
+    assert_eq!(
+        causes.iter().filter(|c| *c == "command").count(),
+        6,
+        "{causes:?}"
+    );
+
+    // A model without a plan cannot start one; an unknown version is NOT_FOUND.
+    let set = pb::SetTrafficRequest {
+        model: model(),
+        policy: Some(pb::TrafficPolicy::default()),
+    };
+    let cleared = traffic.set_traffic(set).await.unwrap().into_inner();
+    assert_eq!(cleared.source, "none");
+    assert!(!server.repo_path().join("rollout/traffic.yaml").exists());
+    let start = pb::StartRolloutRequest {
+        model: model(),
+        version: String::new(),
+    };
+    let refused = traffic.start_rollout(start).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let pin = pb::PinRequest {
+        model: model(),
+        version: "7".into(),
+    };
+    let unknown = traffic.pin(pin).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_dropped_into_the_repository_is_rolled_out_by_itself() {
+    // Only a plan: the version serving at start is adopted as the baseline.
+    let yaml = "rollout:\n  steps: [25, 100]\n  interval: 200ms\n  min_requests: 30\n  \
+                max_p99_ratio: 10\n";
+    let server = Server::start_with(rollout_repo(&[1], yaml), |s| {
+        s.model_control_mode = switchyard::config::ModelControlMode::Watch;
+        s.repository_settle_ms = 50;
+    })
+    .await;
+    let mut traffic = server.traffic_client().await;
+    let adopted =
+        support::traffic::wait_for_status(&mut traffic, "rollout", Duration::from_secs(30), |s| {
+            s.policy
+                .as_ref()
+                .is_some_and(|p| p.weights.get("1") == Some(&100.0))
+        })
+        .await;
+    assert!(adopted.rollout.is_none(), "{adopted:#?}");
+
+    // Stage version 2 beside the model and rename it in, as a deployment tool would.
+    let fixture = support::root().join("tests/fixtures/models/rollout/2");
+    let staging = server.repo_path().join(".staging-2");
+    support::copy_dir(&fixture, &staging);
+    std::fs::rename(&staging, server.repo_path().join("rollout/2")).unwrap();
+
+    let firsts = (0..50).map(|i| i as f32).collect();
+    let (seen, status) = run_rollout(&server, firsts).await;
+    assert!(seen.failures.is_empty(), "{:?}", seen.failures.first());
+    assert_ended(&status, "promoted", "2", "2");
+    server.stop().await;
+}

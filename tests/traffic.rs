@@ -332,3 +332,80 @@ async fn an_invalid_traffic_file_keeps_the_policy_in_force() {
 fn server_repo_file(server: &Server) -> std::path::PathBuf {
     server.repo_path().join("versioned/traffic.yaml")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sets_reports_and_lists_history() {
+    let server = Server::start_with(Repo::new().fixture("versioned"), |s| {
+        s.management_token = Some("t0ken".into());
+    })
+    .await;
+    let url = format!("http://{}", server.addr);
+    let cli = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        command
+            .arg("traffic")
+            .args(args)
+            .args(["--url", &url])
+            .env("SWITCHYARD_MANAGEMENT_TOKEN", "t0ken");
+        async move {
+            let output = command.output().await.unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+            let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+            (output.status.success(), stdout, stderr)
+        }
+    };
+    let (ok, stdout, stderr) = cli(&[
+        "set",
+        "versioned",
+        "--weight",
+        "1=75",
+        "--weight",
+        "3=25",
+        "--routing-key",
+        "X-User-Id",
+    ])
+    .await;
+    assert!(ok, "{stdout} {stderr}");
+    assert!(
+        stdout.contains("shares:  1: 75.0%, 3: 25.0%, 4: 0.0%"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("routing key header: x-user-id"), "{stdout}");
+
+    let mut client = server.client().await;
+    for i in 0..40 {
+        let key = ("x-user-id", format!("user-{i}"));
+        served_version(&mut client, request("versioned", 1.0), Some(key))
+            .await
+            .unwrap();
+    }
+    let (ok, stdout, stderr) = cli(&["report", "versioned"]).await;
+    assert!(ok, "{stdout} {stderr}");
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.contains('%')).collect();
+    let requests = |v: &str| -> u64 {
+        let row = rows
+            .iter()
+            .find(|r| r.split_whitespace().next() == Some(v))
+            .unwrap();
+        row.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    assert_eq!(requests("1") + requests("3"), 40, "{stdout}");
+
+    let (ok, stdout, _) = cli(&["history", "versioned"]).await;
+    assert!(ok && stdout.contains("command  set: no policy"), "{stdout}");
+    // A bad weight is refused with the file's own message, and nothing changes.
+    let (ok, _, stderr) = cli(&["set", "versioned", "--weight", "1=-5"]).await;
+    assert!(
+        !ok && stderr.contains("weight -5 must be a finite number >= 0"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        command.args(["traffic", "get", "versioned", "--url", &url]);
+        let output = command.output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        (output.status.success(), (), stderr)
+    };
+    assert!(!ok && stderr.contains("Unauthenticated"), "{stderr}");
+    server.stop().await;
+}

@@ -27,20 +27,20 @@ use tracing::Instrument;
 const STREAM_CONCURRENCY: usize = 16;
 
 /// The request's routing key: its `routing_key` parameter, else the metadata header the traffic
-/// policy names.
+/// policy names. An empty key is no key (it would send every such client to one version).
 fn routing_key(
     request: &InferRequest,
     metadata: &tonic::metadata::MetadataMap,
     header: Option<&str>,
 ) -> Option<String> {
     match request.parameters.get(ROUTING_KEY_PARAMETER) {
-        Some(Parameter::String(key)) => return Some(key.clone()),
+        Some(Parameter::String(key)) if !key.is_empty() => return Some(key.clone()),
         Some(Parameter::Int64(key)) => return Some(key.to_string()),
         Some(Parameter::Uint64(key)) => return Some(key.to_string()),
         _ => {}
     }
-    let value = metadata.get(header?)?;
-    value.to_str().ok().map(str::to_string)
+    let value = metadata.get(header?)?.to_str().ok()?;
+    (!value.is_empty()).then(|| value.to_string())
 }
 
 /// The Triton-compatible inference service.
@@ -420,5 +420,36 @@ impl GrpcInferenceService for InferenceService {
 
     async fn log_settings(&self, _: Request<LogSettingsRequest>) -> Reply<LogSettingsResponse> {
         unimplemented("log settings")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_key_prefers_the_parameter_and_ignores_empty_keys() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert("x-user-id", "header-key".parse().unwrap());
+        let mut request = InferRequest::default();
+        let key = |r: &InferRequest, m: &tonic::metadata::MetadataMap| {
+            routing_key(r, m, Some("x-user-id"))
+        };
+        assert_eq!(key(&request, &metadata).as_deref(), Some("header-key"));
+        assert_eq!(routing_key(&request, &metadata, None), None);
+        request.parameters.insert(
+            ROUTING_KEY_PARAMETER.into(),
+            Parameter::String("param-key".into()),
+        );
+        assert_eq!(key(&request, &metadata).as_deref(), Some("param-key"));
+        request
+            .parameters
+            .insert(ROUTING_KEY_PARAMETER.into(), Parameter::Int64(42));
+        assert_eq!(key(&request, &metadata).as_deref(), Some("42"));
+        request
+            .parameters
+            .insert(ROUTING_KEY_PARAMETER.into(), Parameter::String(String::new()));
+        metadata.insert("x-user-id", "".parse().unwrap());
+        assert_eq!(key(&request, &metadata), None);
     }
 }

@@ -60,16 +60,10 @@ pub(super) fn state_from(
             detail: String::new(),
         },
         Ok(None) => TrafficState::default(),
-        Err(reason) => {
-            let detail = format!("{reason}; the previous policy stays in force");
-            if current.detail != detail {
-                warn!(model = name, %reason, "traffic policy rejected");
-            }
-            TrafficState {
-                detail,
-                ..current.clone()
-            }
-        }
+        Err(reason) => TrafficState {
+            detail: format!("{reason}; the previous policy stays in force"),
+            ..current.clone()
+        },
     }
 }
 
@@ -102,12 +96,30 @@ pub(super) async fn publish_with_current_policy(
         registry.history.record(name, Cause::Reload, &detail);
     }
     let snapshot = snapshot.with_traffic(traffic);
+    warn_about_news(name, current, &snapshot);
     let changed = !lifecycle::same_snapshot(current, &snapshot);
     if changed {
         lifecycle::log_swap_and_count(registry, name, current, &snapshot);
         registry.publish(name, snapshot);
     }
     changed
+}
+
+/// Logs, once, a rejected traffic file and each new note of the route table (a weighted version
+/// that is not ready, say), so a typo in a version number does not reroute traffic silently.
+fn warn_about_news(name: &str, before: &ModelSnapshot, after: &ModelSnapshot) {
+    let detail = &after.traffic.detail;
+    if after.traffic.source != PolicySource::Memory
+        && !detail.is_empty()
+        && *detail != before.traffic.detail
+    {
+        warn!(model = name, reason = %detail, "traffic policy rejected");
+    }
+    for note in after.routes.notes() {
+        if !before.routes.notes().contains(note) {
+            warn!(model = name, %note, "traffic policy");
+        }
+    }
 }
 
 /// Applies `edit` to a model's policy. `edit` returns what it changed in words, or `None` when
@@ -171,7 +183,10 @@ async fn apply(
         _ => detail.to_string(),
     };
     registry.history.record(name, cause, &detail);
-    model.publish(model.snapshot().with_traffic(state));
+    let before = model.snapshot();
+    let after = before.with_traffic(state);
+    warn_about_news(name, &before, &after);
+    model.publish(after);
     Ok(())
 }
 
