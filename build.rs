@@ -7,6 +7,7 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "inference/grpc_service.proto",
     "inference/model_config.proto",
+    "switchyard/v1/telemetry.proto",
     "switchyard/v1/traffic.proto",
 ];
 

@@ -1,5 +1,9 @@
 //! Traces reach a real OTLP receiver: a request sent with a W3C `traceparent` leaves a server span
-//! in the same trace, child of the caller's span, with the model and the served version.
+//! in the same trace, child of the caller's span, with the model and the served version; loading
+//! a model leaves `model.load` spans (an error status with the reason when the load fails) and a
+//! `model.swap` span; and the sampling ratio changes at run time through
+//! `switchyard.v1.Telemetry`. One test, because the subscriber, the exporter and the sampling
+//! ratio are process-wide.
 
 mod support;
 
@@ -15,8 +19,14 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use support::{Repo, Server};
+use switchyard::proto::switchyard_v1::telemetry_client::TelemetryClient;
+use switchyard::proto::switchyard_v1::{GetTracingRequest, SetTraceSamplingRequest};
+use switchyard::telemetry::tracing::Tracing;
 use switchyard::telemetry::{TelemetryConfig, init};
+use tonic::transport::Channel;
 use tonic::transport::server::TcpIncoming;
+
+const STATUS_CODE_ERROR: i32 = 2;
 
 #[derive(Clone, Default)]
 struct Receiver {
@@ -39,6 +49,69 @@ impl TraceService for Receiver {
     }
 }
 
+/// The in-test receiver and the exporter sending to it.
+struct Otlp {
+    receiver: Receiver,
+    guard: Arc<Tracing>,
+}
+
+impl Otlp {
+    /// Starts the receiver on port 0 and installs the daemon's telemetry, exporting to it.
+    async fn start() -> Otlp {
+        let receiver = Receiver::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let otlp = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(receiver.clone()))
+                .serve_with_incoming(TcpIncoming::from(listener)),
+        );
+        let guard = init(&TelemetryConfig {
+            log_format: Default::default(),
+            log_filter: "info".into(),
+            otlp_endpoint: Some(format!("http://{otlp}")),
+            trace_sampling_ratio: 1.0,
+        })
+        .unwrap()
+        .expect("tracing is on when an endpoint is set");
+        Otlp {
+            receiver,
+            guard: Arc::new(guard),
+        }
+    }
+
+    /// Exports every finished span now; when this returns the receiver holds them.
+    async fn flush(&self) {
+        let guard = Arc::clone(&self.guard);
+        tokio::task::spawn_blocking(move || guard.flush())
+            .await
+            .unwrap();
+    }
+
+    /// How many spans have arrived so far.
+    fn received(&self) -> usize {
+        self.receiver.spans.lock().unwrap().len()
+    }
+
+    /// Flushes, then polls (for at most 10 s) until `done` holds over the spans that arrived
+    /// after the first `from`; returns those spans.
+    async fn wait_for(&self, from: usize, what: &str, done: impl Fn(&[Span]) -> bool) -> Vec<Span> {
+        self.flush().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let spans = self.receiver.spans.lock().unwrap()[from..].to_vec();
+            if done(&spans) {
+                return spans;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not arrive: {spans:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 fn attribute(span: &Span, key: &str) -> Option<String> {
     span.attributes.iter().find(|a| a.key == key).and_then(|a| {
         match a.value.as_ref()?.value.as_ref()? {
@@ -53,68 +126,65 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_traced_request_continues_the_callers_trace() {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming(TcpIncoming::from(listener)),
-    );
-    let guard = init(&TelemetryConfig {
-        log_format: Default::default(),
-        log_filter: "info".into(),
-        otlp_endpoint: Some(format!("http://{otlp}")),
-        trace_sampling_ratio: 1.0,
-    })
-    .unwrap()
-    .expect("tracing is on when an endpoint is set");
+fn traced(
+    body: &switchyard::grpc::pb::ModelInferRequest,
+    traceparent: Option<&str>,
+) -> tonic::Request<switchyard::grpc::pb::ModelInferRequest> {
+    let mut request = tonic::Request::new(body.clone());
+    if let Some(traceparent) = traceparent {
+        request
+            .metadata_mut()
+            .insert("traceparent", traceparent.parse().unwrap());
+    }
+    request
+}
 
-    let server = Server::start(Repo::new().shipped("simple")).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_reach_an_otlp_receiver() {
+    let otlp = Otlp::start().await;
+    let config =
+        std::fs::read_to_string(support::root().join("model_repository/simple/config.pbtxt"))
+            .unwrap()
+            .replace("name: \"simple\"", "name: \"broken\"");
+    let repo = Repo::new()
+        .shipped("simple")
+        .shipped_as("simple", "broken", &config)
+        .file("broken/1/model.onnx", b"not an onnx file");
+    let server = Server::start(repo).await;
+    a_traced_request_continues_the_callers_trace(&otlp, &server).await;
+    model_loads_and_swaps_are_spans(&otlp).await;
+    server.stop().await;
+    the_sampling_ratio_changes_at_run_time(&otlp).await;
+}
+
+async fn a_traced_request_continues_the_callers_trace(otlp: &Otlp, server: &Server) {
     let mut client = server.client().await;
     let body = support::simple_request("simple", &[1; 16], &[2; 16], 1);
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let parent_id = "b7ad6b7169203331";
-    let mut request = tonic::Request::new(body.clone());
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-{parent_id}-01").parse().unwrap(),
-    );
-    client.model_infer(request).await.unwrap();
-    let mut unknown = body.clone();
-    unknown.model_name = "nope".into();
-    let mut request = tonic::Request::new(unknown);
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-{parent_id}-01").parse().unwrap(),
-    );
-    client.model_infer(request).await.unwrap_err();
-
-    let guard = Arc::new(guard);
-    let flusher = Arc::clone(&guard);
-    tokio::task::spawn_blocking(move || flusher.flush())
+    let traceparent = format!("00-{trace_id}-{parent_id}-01");
+    client
+        .model_infer(traced(&body, Some(&traceparent)))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let spans = loop {
-        let spans = receiver.spans.lock().unwrap().clone();
-        if spans
+    let mut unknown = body.clone();
+    unknown.model_name = "nope".into();
+    client
+        .model_infer(traced(&unknown, Some(&traceparent)))
+        .await
+        .unwrap_err();
+
+    let ours = |spans: &[Span]| -> Vec<Span> {
+        spans
             .iter()
             .filter(|s| hex(&s.trace_id) == trace_id)
-            .count()
-            >= 2
-        {
-            break spans;
-        }
-        assert!(Instant::now() < deadline, "spans did not arrive: {spans:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+            .cloned()
+            .collect()
     };
-    let ours: Vec<&Span> = spans
-        .iter()
-        .filter(|s| hex(&s.trace_id) == trace_id)
-        .collect();
+    let spans = otlp
+        .wait_for(0, "request spans", |spans| ours(spans).len() >= 2)
+        .await;
+    let ours = ours(&spans);
     let served = ours
         .iter()
         .find(|s| attribute(s, "model").as_deref() == Some("simple"))
@@ -130,8 +200,126 @@ async fn a_traced_request_continues_the_callers_trace() {
         .expect("a span for the failed request");
     assert_eq!(
         failed.status.as_ref().map(|s| s.code),
-        Some(2),
-        "STATUS_CODE_ERROR"
+        Some(STATUS_CODE_ERROR)
     );
+}
+
+async fn model_loads_and_swaps_are_spans(otlp: &Otlp) {
+    let of = |spans: &[Span], name: &str, model: &str| -> Option<Span> {
+        spans
+            .iter()
+            .find(|s| s.name == name && attribute(s, "model").as_deref() == Some(model))
+            .cloned()
+    };
+    let spans = otlp
+        .wait_for(0, "lifecycle spans", |spans| {
+            of(spans, "model.load", "simple").is_some()
+                && of(spans, "model.load", "broken").is_some()
+                && of(spans, "model.swap", "simple").is_some()
+        })
+        .await;
+    let loaded = of(&spans, "model.load", "simple").unwrap();
+    assert_eq!(attribute(&loaded, "version").as_deref(), Some("1"));
+    assert_eq!(attribute(&loaded, "outcome").as_deref(), Some("loaded"));
+    assert!(attribute(&loaded, "duration_ms").is_some(), "{loaded:?}");
+    assert_ne!(
+        loaded.status.as_ref().map(|s| s.code),
+        Some(STATUS_CODE_ERROR)
+    );
+    let failed = of(&spans, "model.load", "broken").unwrap();
+    assert_eq!(attribute(&failed, "version").as_deref(), Some("1"));
+    assert_eq!(attribute(&failed, "outcome").as_deref(), Some("failed"));
+    let status = failed.status.as_ref().expect("an error status");
+    assert_eq!(status.code, STATUS_CODE_ERROR);
+    assert!(!status.message.is_empty(), "the reason: {failed:?}");
+    let swap = of(&spans, "model.swap", "simple").unwrap();
+    assert_eq!(attribute(&swap, "ready_versions").as_deref(), Some("1"));
+    assert_eq!(attribute(&swap, "retired_versions").as_deref(), Some(""));
+}
+
+async fn telemetry_client(server: &Server) -> TelemetryClient<Channel> {
+    let addr = server.management_addr.expect("a management port");
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    TelemetryClient::new(channel)
+}
+
+fn with_token<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    request
+}
+
+async fn the_sampling_ratio_changes_at_run_time(otlp: &Otlp) {
+    let server = Server::start_with(Repo::new().shipped("simple"), |s| {
+        s.management_port = Some(0);
+        s.management_token = Some("s3cret".into());
+    })
+    .await;
+    let mut telemetry = telemetry_client(&server).await;
+    let set = |ratio: f64| with_token(SetTraceSamplingRequest { ratio });
+    let refused = telemetry
+        .set_trace_sampling(SetTraceSamplingRequest { ratio: 0.0 })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    for ratio in [1.5, -0.5, f64::NAN] {
+        let invalid = telemetry.set_trace_sampling(set(ratio)).await.unwrap_err();
+        assert_eq!(invalid.code(), tonic::Code::InvalidArgument, "{ratio}");
+    }
+    let status = telemetry
+        .get_tracing(with_token(GetTracingRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.enabled);
+    assert_eq!(status.sampling_ratio, 1.0);
+    let status = telemetry.set_trace_sampling(set(0.0)).await.unwrap();
+    assert_eq!(status.into_inner().sampling_ratio, 0.0);
+
+    // Ratio 0: requests without a parent are not recorded; a sampled parent still is.
+    let mut client = server.client().await;
+    let body = support::simple_request("simple", &[1; 16], &[2; 16], 1);
+    otlp.flush().await;
+    let from = otlp.received();
+    for _ in 0..5 {
+        client.model_infer(traced(&body, None)).await.unwrap();
+    }
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    client
+        .model_infer(traced(&body, Some(&traceparent)))
+        .await
+        .unwrap();
+    let is_request = |s: &Span| s.name == "ModelInfer";
+    let spans = otlp
+        .wait_for(from, "the sampled parent's span", |spans| {
+            spans
+                .iter()
+                .any(|s| is_request(s) && hex(&s.trace_id) == trace_id)
+        })
+        .await;
+    let requests: Vec<&Span> = spans.iter().filter(|s| is_request(s)).collect();
+    assert_eq!(requests.len(), 1, "only the sampled parent's: {requests:?}");
+
+    // Back to 1: requests without a parent are recorded again.
+    telemetry.set_trace_sampling(set(1.0)).await.unwrap();
+    let from = otlp.received();
+    for _ in 0..3 {
+        client.model_infer(traced(&body, None)).await.unwrap();
+    }
+    otlp.wait_for(from, "unparented request spans", |spans| {
+        spans
+            .iter()
+            .filter(|s| is_request(s) && s.parent_span_id.is_empty())
+            .count()
+            >= 3
+    })
+    .await;
     server.stop().await;
 }

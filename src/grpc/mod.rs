@@ -1,10 +1,13 @@
 //! The gRPC frontend: Triton's `inference.GRPCInferenceService`, `grpc.health.v1`, server
-//! reflection and our `switchyard.v1.TrafficControl` (on the inference port, or on its own). Only this module (and the generated code) touches tonic and prost types.
+//! reflection and our `switchyard.v1.TrafficControl` and `switchyard.v1.Telemetry` (on the
+//! inference port, or on their own). Only this module (and the generated code) touches tonic and
+//! prost types.
 
 mod convert;
 mod service;
 mod statistics;
 mod status;
+mod telemetry;
 mod trace;
 mod traffic;
 
@@ -22,6 +25,7 @@ use crate::registry::Registry;
 pub use service::InferenceService;
 pub use traffic::policy_to_wire;
 
+use crate::proto::switchyard_v1::telemetry_server::TelemetryServer;
 use crate::proto::switchyard_v1::traffic_control_server::TrafficControlServer;
 use pb::grpc_inference_service_server::GrpcInferenceServiceServer;
 
@@ -33,19 +37,30 @@ pub struct Context {
     pub ready: Arc<AtomicBool>,
 }
 
+/// The bearer-token check in front of every management service.
+fn require_token(settings: &Settings) -> traffic::RequireToken {
+    traffic::RequireToken(settings.management_token.as_deref().map(Arc::from))
+}
+
 /// The management service, behind its bearer-token check.
 fn management(
     registry: &Arc<Registry>,
     settings: &Settings,
 ) -> InterceptedService<TrafficControlServer<traffic::TrafficService>, traffic::RequireToken> {
-    let token = settings.management_token.as_deref().map(Arc::from);
     TrafficControlServer::with_interceptor(
         traffic::TrafficService::new(Arc::clone(registry)),
-        traffic::RequireToken(token),
+        require_token(settings),
     )
 }
 
-/// Serves only the management service (and health) on its own listener, for deployments that
+/// The telemetry controls, served wherever the management service is, behind the same check.
+fn telemetry_control(
+    settings: &Settings,
+) -> InterceptedService<TelemetryServer<telemetry::TelemetryService>, traffic::RequireToken> {
+    TelemetryServer::with_interceptor(telemetry::TelemetryService, require_token(settings))
+}
+
+/// Serves only the management services (and health) on their own listener, for deployments that
 /// keep it away from inference clients.
 pub async fn serve_management(
     registry: Arc<Registry>,
@@ -57,6 +72,7 @@ pub async fn serve_management(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(management(&registry, settings))
+        .add_service(telemetry_control(settings))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
 }
@@ -83,6 +99,10 @@ pub async fn serve(
         .management_port
         .is_none()
         .then(|| management(&context.registry, settings));
+    let telemetry = settings
+        .management_port
+        .is_none()
+        .then(|| telemetry_control(settings));
     let inference = GrpcInferenceServiceServer::new(InferenceService::new(context))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
@@ -95,7 +115,8 @@ pub async fn serve(
     let mut router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(inference)
-        .add_optional_service(traffic);
+        .add_optional_service(traffic)
+        .add_optional_service(telemetry);
     if let Ok(reflection) = reflection {
         router = router.add_service(reflection);
     }

@@ -446,9 +446,10 @@ mod tests {
             .parameters
             .insert(ROUTING_KEY_PARAMETER.into(), Parameter::Int64(42));
         assert_eq!(key(&request, &metadata).as_deref(), Some("42"));
-        request
-            .parameters
-            .insert(ROUTING_KEY_PARAMETER.into(), Parameter::String(String::new()));
+        request.parameters.insert(
+            ROUTING_KEY_PARAMETER.into(),
+            Parameter::String(String::new()),
+        );
         metadata.insert("x-user-id", "".parse().unwrap());
         assert_eq!(key(&request, &metadata), None);
     }

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::executor::Backend;
 use crate::proto::inference::ModelConfig;
 use crate::repository::{self, Fingerprint, ModelSource, ScannedModel};
+use crate::telemetry::spans;
 
 use crate::routing::TrafficPolicy;
 
@@ -200,7 +201,10 @@ pub async fn reconcile(
         let backend = Arc::clone(registry.backend());
         let (model, source, resolved) = (name.to_string(), source.clone(), Arc::clone(&resolved));
         let loads = plan.load;
+        // Load spans are children of whatever span asked for the load.
+        let parent = tracing::Span::current();
         let loaded = tokio::task::spawn_blocking(move || {
+            let _parent = parent.enter();
             loads
                 .into_iter()
                 .map(|(v, previous)| {
@@ -331,6 +335,8 @@ fn load_version(
         scheduling,
     } = resolved;
     let found = &source.versions[&version];
+    let span = spans::model_load(name, version);
+    let _span = span.enter();
     let started = Instant::now();
     let loaded = backend
         .load(schema, &found.file)
@@ -345,6 +351,7 @@ fn load_version(
             ))
         });
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    spans::record_load(&span, elapsed_ms, loaded.as_ref().err().map(String::as_str));
     match loaded {
         Ok(ready) => {
             info!(
@@ -438,9 +445,11 @@ fn log_swap(name: &str, old: &ModelSnapshot, new: &ModelSnapshot) -> usize {
         })
         .map(|(v, _)| *v)
         .collect();
+    let ready = ready(new);
+    let _span = spans::model_swap(name, &ready, &retired, new.default_version).entered();
     info!(
         model = name,
-        ready = ?ready(new),
+        ready = ?ready,
         default_version = ?new.default_version,
         retired = ?retired,
         "model snapshot swapped"

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tracing::{info, info_span, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::registry::traffic::{change, is_failed, mark_failed};
 use crate::registry::{Model, ModelSnapshot, ModelVersion, Registry};
+use crate::telemetry::spans;
 
 use super::commands::{active_rollout, begin};
 use super::history::Cause;
@@ -195,74 +196,116 @@ async fn judge(
     let decision = rollout::decide(plan, step, canary, base, current.started.elapsed());
     match decision {
         Decision::Wait(_) => {}
-        Decision::Advance { next } => {
-            let weight = plan.steps[next];
-            let detail = format!(
-                "rollout of version {candidate}: step {next} at {weight}% (canary {} requests, \
-                 {:.2}% errors)",
-                canary.requests,
-                canary.error_rate() * 100.0
-            );
-            let outcome = change(registry, &model.name, Cause::Rollout, move |p, _| {
-                let Some(state) = p.rollout_state.as_mut().filter(|s| same(s, key)) else {
-                    return Ok(None);
-                };
-                state.step = next;
-                p.weights = [(baseline, 100.0 - weight), (candidate, weight)].into();
-                Ok(Some(detail))
-            })
-            .await;
-            report_failure(&model.name, outcome);
-        }
-        Decision::Promote => {
-            let outcome = change(registry, &model.name, Cause::Rollout, move |p, _| {
-                let Some(state) = p.rollout_state.as_mut().filter(|s| same(s, key)) else {
-                    return Ok(None);
-                };
-                state.phase = RolloutPhase::Promoted;
-                state.reason = "every step's gates held".into();
-                p.weights = [(candidate, 100.0)].into();
-                Ok(Some(format!(
-                    "rollout of version {candidate}: promoted to 100%"
-                )))
-            })
-            .await;
-            registry.events.rollout_decision(&model.name, "promote");
-            info!(model = %model.name, candidate, baseline, "rollout promoted");
-            report_failure(&model.name, outcome);
-        }
+        Decision::Advance { next } => advance(registry, model, plan, key, next, canary).await,
+        Decision::Promote => promote(registry, model, key).await,
         Decision::Fail(reason) => fail(registry, model, key, reason).await,
     }
+}
+
+/// Moves the canary to step `next`.
+async fn advance(
+    registry: &Arc<Registry>,
+    model: &Model,
+    plan: &RolloutPlan,
+    key: (u64, u64, usize),
+    next: usize,
+    canary: Window,
+) {
+    let (candidate, baseline, _) = key;
+    let span = spans::rollout(spans::ROLLOUT_STEP, &model.name, candidate, baseline, next);
+    let weight = plan.steps[next];
+    let detail = format!(
+        "rollout of version {candidate}: step {next} at {weight}% (canary {} requests, \
+         {:.2}% errors)",
+        canary.requests,
+        canary.error_rate() * 100.0
+    );
+    async {
+        let outcome = change(registry, &model.name, Cause::Rollout, move |p, _| {
+            let Some(state) = p.rollout_state.as_mut().filter(|s| same(s, key)) else {
+                return Ok(None);
+            };
+            state.step = next;
+            p.weights = [(baseline, 100.0 - weight), (candidate, weight)].into();
+            Ok(Some(detail))
+        })
+        .await;
+        report_failure(&model.name, outcome);
+    }
+    .instrument(span)
+    .await
+}
+
+/// Gives the canary all the traffic and ends the rollout as promoted.
+async fn promote(registry: &Arc<Registry>, model: &Model, key: (u64, u64, usize)) {
+    let (candidate, baseline, step) = key;
+    let span = spans::rollout(
+        spans::ROLLOUT_PROMOTE,
+        &model.name,
+        candidate,
+        baseline,
+        step,
+    );
+    async {
+        let outcome = change(registry, &model.name, Cause::Rollout, move |p, _| {
+            let Some(state) = p.rollout_state.as_mut().filter(|s| same(s, key)) else {
+                return Ok(None);
+            };
+            state.phase = RolloutPhase::Promoted;
+            state.reason = "every step's gates held".into();
+            p.weights = [(candidate, 100.0)].into();
+            Ok(Some(format!(
+                "rollout of version {candidate}: promoted to 100%"
+            )))
+        })
+        .await;
+        registry.events.rollout_decision(&model.name, "promote");
+        info!(model = %model.name, candidate, baseline, "rollout promoted");
+        report_failure(&model.name, outcome);
+    }
+    .instrument(span)
+    .await
 }
 
 /// Rolls the canary back to weight 0 and marks it failed.
 async fn fail(registry: &Arc<Registry>, model: &Model, key: (u64, u64, usize), reason: String) {
     let (candidate, baseline, step) = key;
-    let span = info_span!("rollout.rollback", model = %model.name, candidate, baseline, step);
-    let _entered = span.enter();
-    warn!(model = %model.name, candidate, baseline, step, %reason, "rollout rolled back");
-    registry.events.rollout_decision(&model.name, "rollback");
-    let detail = format!("rollout of version {candidate} rolled back: {reason}");
-    let outcome = change(registry, &model.name, Cause::Gate, move |p, snapshot| {
-        let Some(state) = p.rollout_state.as_mut().filter(|s| same(s, key)) else {
-            return Ok(None);
-        };
-        state.phase = RolloutPhase::Failed;
-        state.reason = reason;
-        p.weights = [(baseline, 100.0)].into();
-        mark_failed(p, snapshot, candidate);
-        Ok(Some(detail))
-    })
-    .await;
-    report_failure(&model.name, outcome);
+    let span = spans::rollout(
+        spans::ROLLOUT_ROLLBACK,
+        &model.name,
+        candidate,
+        baseline,
+        step,
+    );
+    async {
+        warn!(model = %model.name, candidate, baseline, step, %reason, "rollout rolled back");
+        registry.events.rollout_decision(&model.name, "rollback");
+        let detail = format!("rollout of version {candidate} rolled back: {reason}");
+        let outcome = change(registry, &model.name, Cause::Gate, move |p, snapshot| {
+            let Some(state) = p.rollout_state.as_mut().filter(|s| same(s, key)) else {
+                return Ok(None);
+            };
+            state.phase = RolloutPhase::Failed;
+            state.reason = reason;
+            p.weights = [(baseline, 100.0)].into();
+            mark_failed(p, snapshot, candidate);
+            Ok(Some(detail))
+        })
+        .await;
+        report_failure(&model.name, outcome);
+    }
+    .instrument(span)
+    .await
 }
 
 fn same(state: &super::policy::RolloutState, key: (u64, u64, usize)) -> bool {
     (state.candidate, state.baseline, state.step) == key && state.phase == RolloutPhase::Running
 }
 
+/// Logs a change that could not be applied, and marks the current rollout span (if any) failed.
 fn report_failure(model: &str, outcome: crate::error::Result<()>) {
     if let Err(e) = outcome {
         warn!(model, error = %e, "rollout change could not be applied");
+        spans::record_error(&tracing::Span::current(), &e.to_string());
     }
 }

@@ -1,11 +1,16 @@
 //! Logs through tracing-subscriber (text or JSON lines on stdout, filtered by `RUST_LOG` or the
-//! configured filter), OpenTelemetry traces over OTLP (`tracing`), and Prometheus metrics
-//! (`metrics`).
+//! configured filter, with trace ids while traces are exported: `logs`), OpenTelemetry traces over
+//! OTLP (`tracing`), and Prometheus metrics (`metrics`).
 
+pub mod logs;
 pub mod metrics;
+pub mod spans;
 pub mod tracing;
 
+use ::tracing::{Dispatch, Subscriber};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -13,6 +18,44 @@ use crate::config::LogFormat;
 
 /// The tracing target of request spans (see `grpc::trace`).
 pub const REQUEST_SPAN_TARGET: &str = "switchyard::grpc::trace";
+
+/// The tracing target of lifecycle spans: `model.load`, `model.swap`, `rollout.step`,
+/// `rollout.promote`, `rollout.rollback`. Like request spans they exist for export only; the log
+/// events inside them carry the same fields.
+pub const LIFECYCLE_SPAN_TARGET: &str = "switchyard::lifecycle";
+
+/// Whether the log layer leaves this span out (spans kept for export only).
+fn export_only(meta: &::tracing::Metadata<'_>) -> bool {
+    meta.is_span()
+        && (meta.target() == REQUEST_SPAN_TARGET || meta.target() == LIFECYCLE_SPAN_TARGET)
+}
+
+/// The log layer: `format` lines to `writer`, with trace ids found through `dispatch`.
+fn log_layer<S, W>(
+    format: LogFormat,
+    writer: W,
+    dispatch: logs::DispatchSlot,
+) -> Box<dyn Layer<S> + Send + Sync + 'static>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    // Export-only spans: the log layer neither formats nor stores their fields.
+    let keep = tracing_subscriber::filter::filter_fn(|meta| !export_only(meta));
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
+    let default_format = tracing_subscriber::fmt::format();
+    match format {
+        LogFormat::Text => layer
+            .event_format(logs::WithTraceIds::new(default_format, dispatch))
+            .with_filter(keep)
+            .boxed(),
+        LogFormat::Json => layer
+            .json()
+            .event_format(logs::WithTraceIds::new(default_format.json(), dispatch))
+            .with_filter(keep)
+            .boxed(),
+    }
+}
 
 /// What telemetry to start.
 #[derive(Debug, Clone, Default)]
@@ -30,19 +73,8 @@ pub struct TelemetryConfig {
 pub fn init(config: &TelemetryConfig) -> Result<Option<tracing::Tracing>, String> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_filter));
-    // Request spans exist for export only: the log layer neither formats nor stores their fields.
-    let not_request_span = tracing_subscriber::filter::filter_fn(|meta| {
-        !(meta.is_span() && meta.target() == REQUEST_SPAN_TARGET)
-    });
-    let fmt = match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_filter(not_request_span)
-            .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_filter(not_request_span)
-            .boxed(),
-    };
+    let slot = logs::DispatchSlot::default();
+    let fmt = log_layer(config.log_format, std::io::stdout, slot.clone());
     let (guard, otel) = match tracing::endpoint(config.otlp_endpoint.as_deref()) {
         Some(endpoint) => {
             let (guard, tracer) = tracing::Tracing::start(&endpoint, config.trace_sampling_ratio)?;
@@ -53,10 +85,14 @@ pub fn init(config: &TelemetryConfig) -> Result<Option<tracing::Tracing>, String
         }
         None => (None, None),
     };
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel)
+    let dispatch = Dispatch::new(
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt)
+            .with(otel),
+    );
+    slot.attach(&dispatch);
+    dispatch
         .try_init()
         .map_err(|e| format!("cannot install the log subscriber: {e}"))?;
     Ok(guard)
