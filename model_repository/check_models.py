@@ -121,6 +121,16 @@ def check_classifier():
     print(f"  max |v1 - v2| = {float(np.abs(outputs[1] - outputs[2]).max()):.4f}")
 
 
+def check_tabular_mlp():
+    print("tabular_mlp")
+    path = model_path(REPO_DIR, "tabular_mlp")
+    check_names(REPO_DIR, "tabular_mlp", load_and_check(path))
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    (probs,) = session(path).run(["probabilities"], {"features": x})
+    check(probs.shape == (4, 10) and probs.dtype == np.float32, f"tabular_mlp: shape {probs.shape}")
+    check(np.allclose(probs.sum(axis=1), 1.0, atol=1e-5), "tabular_mlp: rows do not sum to 1")
+
+
 def check_digits_cnn():
     print("digits_cnn")
     path = model_path(REPO_DIR, "digits_cnn")
@@ -189,6 +199,7 @@ def main():
     check_simple()
     check_simple_string()
     check_classifier()
+    check_tabular_mlp()
     check_digits_cnn()
     check_identities()
     check_add_sub_fp32()

@@ -198,9 +198,8 @@ def build_simple_string():
     return make_model(helper.make_graph(nodes, "simple_string", inputs, outputs))
 
 
-def build_classifier(seed):
+def build_classifier(seed, sizes=(64, 128, 128, 10), name="classifier"):
     rng = np.random.default_rng(seed)
-    sizes = [64, 128, 128, 10]
     initializers = []
     nodes = []
     prev = "features"
@@ -219,7 +218,7 @@ def build_classifier(seed):
     nodes.append(helper.make_node("Softmax", [prev], ["probabilities"], name="softmax", axis=-1))
     graph = helper.make_graph(
         nodes,
-        "classifier",
+        name,
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, [BATCH, 64])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [BATCH, 10])],
         initializer=initializers,
@@ -450,6 +449,10 @@ IDENTITY_TYPES = [
 ]
 
 CLASSIFIER_SEEDS = {1: 1001, 2: 2002}
+# A wider MLP (64 -> 1024 -> 1024 -> 10, about 1.1 M weights, 4.5 MB): per request its layers are
+# matrix-vector products bound by memory, so dynamic batching (matrix-matrix products) pays off.
+TABULAR_MLP_SIZES = (64, 1024, 1024, 10)
+TABULAR_MLP_SEED = 6006
 DIGITS_CNN_SEED = 3003
 ROLLOUT_SLOW_SEED = 5004
 
@@ -494,6 +497,17 @@ def main():
             version_policy_all=True,
         ),
         REPO_DIR, "classifier", "config.pbtxt",
+    )
+
+    emit_model(build_classifier(TABULAR_MLP_SEED, TABULAR_MLP_SIZES, "tabular_mlp"),
+               REPO_DIR, "tabular_mlp", "1", "model.onnx")
+    emit_config(
+        config_pbtxt(
+            "tabular_mlp", 64,
+            [("features", "TYPE_FP32", [64])],
+            [("probabilities", "TYPE_FP32", [10])],
+        ) + "dynamic_batching { max_queue_delay_microseconds: 500 }\n",
+        REPO_DIR, "tabular_mlp", "config.pbtxt",
     )
 
     emit_model(build_digits_cnn(DIGITS_CNN_SEED), REPO_DIR, "digits_cnn", "1", "model.onnx")

@@ -23,7 +23,7 @@ from tritonclient.utils import InferenceServerException
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_REPOSITORY = REPO_ROOT / "model_repository"
 FIXTURE_MODELS = REPO_ROOT / "tests" / "fixtures" / "models"
-SHIPPED_MODELS = ("simple", "simple_string", "classifier", "digits_cnn")
+SHIPPED_MODELS = ("simple", "simple_string", "classifier", "tabular_mlp", "digits_cnn")
 
 # How long the daemon may take to load every model and start listening.
 START_TIMEOUT_S = float(os.environ.get("SWITCHYARD_START_TIMEOUT", "60"))

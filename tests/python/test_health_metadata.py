@@ -50,6 +50,7 @@ def test_server_ready(client):
         ("classifier", "1"),
         ("classifier", "2"),
         ("digits_cnn", ""),
+        ("tabular_mlp", ""),
         ("add_sub_fp32", ""),
         ("no_config_mlp", ""),
     ]

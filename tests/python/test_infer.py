@@ -190,6 +190,17 @@ def test_classifier_matches_onnxruntime(client, model_repository, rng, version, 
     np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch", [1, 5, 64])
+def test_tabular_mlp_matches_onnxruntime(client, model_repository, rng, batch):
+    x = rng.standard_normal((batch, 64)).astype(np.float32)
+    result = client.infer("tabular_mlp", [infer_input("features", x, "FP32")], client_timeout=T)
+    probs = result.as_numpy("probabilities")
+    assert probs.shape == (batch, 10) and probs.dtype == np.float32
+    model_file = model_repository / "tabular_mlp" / "1" / "model.onnx"
+    expected = onnx_reference(model_file, {"features": x})["probabilities"]
+    np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("batch", [1, 3, 16])
 def test_digits_cnn_matches_onnxruntime(client, model_repository, rng, batch):
     x = rng.random((batch, 1, 28, 28), dtype=np.float32)
