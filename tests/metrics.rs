@@ -130,3 +130,47 @@ async fn a_scrape_shows_exact_counts_per_model_and_version() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_depth_counts_requests_waiting_for_a_batch() {
+    // A batch runs only when 4 requests are there (or after a minute): the first three wait.
+    let config = "name: \"identity_fp32\"\nmax_batch_size: 8\n\
+        input [ { name: \"INPUT0\" data_type: TYPE_FP32 dims: [ 4 ] } ]\n\
+        output [ { name: \"OUTPUT0\" data_type: TYPE_FP32 dims: [ 4 ] } ]\n\
+        dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 60000000 }\n";
+    let repo = Repo::new()
+        .fixture("identity_fp32")
+        .file("identity_fp32/config.pbtxt", config);
+    let server = Server::start(repo).await;
+    let client = server.client().await;
+    let sample = "nv_inference_pending_request_count{model=\"identity_fp32\",version=\"1\"}";
+    let request = |v: f32| support::fp32_request("identity_fp32", "INPUT0", vec![1, 4], &[v; 4]);
+    assert_eq!(value(&server.scrape().await, sample), 0.0);
+    let waiting: Vec<_> = (0..3)
+        .map(|i| {
+            let mut client = client.clone();
+            let request = request(i as f32);
+            tokio::spawn(async move { client.model_infer(request).await })
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    while value(&server.scrape().await, sample) < 3.0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "never 3 waiting"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(value(&server.scrape().await, sample), 3.0);
+    let mut fourth = client.clone();
+    fourth.model_infer(request(3.0)).await.unwrap();
+    for (i, task) in waiting.into_iter().enumerate() {
+        let response = task.await.unwrap().unwrap().into_inner();
+        assert_eq!(
+            support::raw_f32(&response.raw_output_contents[0]),
+            vec![i as f32; 4]
+        );
+    }
+    assert_eq!(value(&server.scrape().await, sample), 0.0);
+    server.stop().await;
+}

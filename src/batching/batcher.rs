@@ -92,6 +92,11 @@ impl Batcher {
         }
     }
 
+    /// Requests waiting in the queue, over every priority level.
+    pub fn queued(&self) -> usize {
+        self.queued.iter().map(|q| q.load(Ordering::Relaxed)).sum()
+    }
+
     /// Queues a checked request and waits for its answer.
     pub async fn enqueue(
         &self,

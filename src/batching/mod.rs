@@ -273,6 +273,15 @@ impl Scheduler {
         &self.stats
     }
 
+    /// Requests waiting to run: in the batcher's queue, or for a free instance (batches waiting
+    /// for an instance are not counted again).
+    pub fn queue_depth(&self) -> usize {
+        match &self.queue {
+            Queue::Direct(runner) => runner.waiting(),
+            Queue::Dynamic(batcher) => batcher.queued(),
+        }
+    }
+
     /// Whether the version is in service (its circuit breaker is not open).
     pub fn is_healthy(&self) -> bool {
         self.breaker.allows()

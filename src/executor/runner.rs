@@ -99,6 +99,11 @@ impl Runner {
         self.count
     }
 
+    /// Jobs waiting for a free instance.
+    pub fn waiting(&self) -> usize {
+        self.jobs.len()
+    }
+
     /// The channel the instances take jobs from, for a batcher to feed.
     pub fn jobs(&self) -> crossbeam_channel::Sender<Job> {
         self.jobs.clone()

@@ -51,6 +51,11 @@ impl ModelVersion {
         self.scheduler.is_healthy()
     }
 
+    /// Requests waiting to run on this version.
+    pub fn queue_depth(&self) -> usize {
+        self.scheduler.queue_depth()
+    }
+
     /// Checks a request against the schema, schedules it, and returns the outputs asked for.
     pub async fn infer(&self, mut request: InferRequest) -> Result<InferResponse> {
         let started = Instant::now();

@@ -1,5 +1,5 @@
-//! Traffic families: each ready version's share of requests naming none, rollout phase and
-//! decisions, shadow outcomes, and a latency histogram per version.
+//! Traffic families: each ready version's share of requests naming none and queue depth, rollout
+//! phase and decisions, shadow outcomes, and a latency histogram per version.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -39,6 +39,11 @@ pub(super) fn families(registry: &Registry) -> Vec<Family> {
         "counter",
         "Requests mirrored to a shadow version, by outcome (success, error, dropped)",
     );
+    let mut pending = Family::new(
+        "nv_inference_pending_request_count",
+        "gauge",
+        "Requests waiting to run (in the batcher's queue or for a free instance)",
+    );
     let mut compared = Family::new(
         "switchyard_shadow_comparisons_total",
         "counter",
@@ -72,6 +77,7 @@ pub(super) fn families(registry: &Registry) -> Vec<Family> {
                 ]
             };
             share.add(labels(), percent);
+            pending.add(labels(), version.queue_depth() as f64);
             let s = &version.stats.shadow;
             let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
             let ok = load(&s.requests) - load(&s.errors);
@@ -120,7 +126,9 @@ pub(super) fn families(registry: &Registry) -> Vec<Family> {
         );
         rollbacks.add(vec![("model", model)], counts.rollout_rollbacks as f64);
     }
-    vec![share, phase, promotions, rollbacks, shadow, compared]
+    vec![
+        share, pending, phase, promotions, rollbacks, shadow, compared,
+    ]
 }
 
 /// `switchyard_request_duration_seconds`: a histogram of successful requests' latency per
