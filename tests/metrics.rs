@@ -174,3 +174,27 @@ async fn queue_depth_counts_requests_waiting_for_a_batch() {
     assert_eq!(value(&server.scrape().await, sample), 0.0);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn every_metric_the_dashboard_queries_is_exported() {
+    let dashboard =
+        std::fs::read_to_string(support::root().join("deploy/grafana/switchyard.json")).unwrap();
+    let server = Server::start(Repo::new().shipped("simple")).await;
+    let text = server.scrape().await;
+    let mut names: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("nv_inference_") || w.starts_with("switchyard_"))
+        .map(|w| w.strip_suffix("_bucket").unwrap_or(w))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 15, "{names:?}");
+    for name in names {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("# TYPE {name} "))),
+            "the dashboard queries {name}, which /metrics does not export"
+        );
+    }
+    server.stop().await;
+}
