@@ -149,12 +149,84 @@ async fn traces_reach_an_otlp_receiver() {
     let repo = Repo::new()
         .shipped("simple")
         .shipped_as("simple", "broken", &config)
-        .file("broken/1/model.onnx", b"not an onnx file");
+        .file("broken/1/model.onnx", b"not an onnx file")
+        .fixture("identity_fp32")
+        .file("identity_fp32/config.pbtxt", BATCHED_IDENTITY);
     let server = Server::start(repo).await;
     a_traced_request_continues_the_callers_trace(&otlp, &server).await;
+    a_batch_span_links_every_request_it_served(&otlp, &server).await;
     model_loads_and_swaps_are_spans(&otlp).await;
     server.stop().await;
     the_sampling_ratio_changes_at_run_time(&otlp).await;
+}
+
+/// Runs a batch only when four requests are there (or after a minute).
+const BATCHED_IDENTITY: &str = "name: \"identity_fp32\"\nmax_batch_size: 8\n\
+    input [ { name: \"INPUT0\" data_type: TYPE_FP32 dims: [ 4 ] } ]\n\
+    output [ { name: \"OUTPUT0\" data_type: TYPE_FP32 dims: [ 4 ] } ]\n\
+    dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 60000000 }\n";
+
+async fn a_batch_span_links_every_request_it_served(otlp: &Otlp, server: &Server) {
+    let from = otlp.received();
+    let client = server.client().await;
+    let trace_ids: Vec<String> = (0..4)
+        .map(|i| format!("{:032x}", 0xba7c4_u64 * 1000 + i))
+        .collect();
+    let calls: Vec<_> = trace_ids
+        .iter()
+        .map(|trace_id| {
+            let body = support::fp32_request("identity_fp32", "INPUT0", vec![1, 4], &[1.0; 4]);
+            let request = traced(&body, Some(&format!("00-{trace_id}-00f067aa0ba902b7-01")));
+            let mut client = client.clone();
+            tokio::spawn(async move { client.model_infer(request).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let spans = otlp
+        .wait_for(from, "batch spans", |spans| {
+            spans
+                .iter()
+                .any(|s| s.name == "batch" && s.links.len() == 4)
+                && spans.iter().filter(|s| s.name == "execute").count() >= 4
+        })
+        .await;
+    let batch = spans.iter().find(|s| s.name == "batch").unwrap();
+    assert_eq!(attribute(batch, "batch.size").as_deref(), Some("4"));
+    let mut linked: Vec<String> = batch.links.iter().map(|l| hex(&l.trace_id)).collect();
+    linked.sort();
+    assert_eq!(linked, trace_ids, "the batch links every request's trace");
+    for trace_id in &trace_ids {
+        let in_trace = |name: &str| {
+            spans
+                .iter()
+                .find(|s| s.name == name && hex(&s.trace_id) == *trace_id)
+                .unwrap_or_else(|| panic!("no {name} span in trace {trace_id}: {spans:#?}"))
+        };
+        let request = in_trace("ModelInfer");
+        let (queue, execute) = (in_trace("queue"), in_trace("execute"));
+        assert_eq!(queue.parent_span_id, request.span_id);
+        assert_eq!(execute.parent_span_id, request.span_id);
+        assert_eq!(execute.links.len(), 1);
+        assert_eq!(
+            execute.links[0].span_id, batch.span_id,
+            "execute links its batch"
+        );
+        let link = batch
+            .links
+            .iter()
+            .find(|l| hex(&l.trace_id) == *trace_id)
+            .unwrap();
+        assert_eq!(
+            link.span_id, request.span_id,
+            "the batch links the request span"
+        );
+        let phases: Vec<&str> = execute.events.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(phases, ["compute.input", "compute.infer", "compute.output"]);
+        assert!(attribute(execute, "compute.infer_us").is_some());
+        assert!(queue.end_time_unix_nano <= execute.start_time_unix_nano + 1_000_000);
+    }
 }
 
 async fn a_traced_request_continues_the_callers_trace(otlp: &Otlp, server: &Server) {

@@ -12,12 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use opentelemetry::trace::SpanContext;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::executor::runner::{BatchDone, Execution, Job, JobReply};
 use crate::executor::{ExecError, Phases};
+use crate::telemetry::request_spans::{self, RunInfo};
 use crate::tensor::Tensor;
 
 use super::DynamicConfig;
@@ -39,7 +41,12 @@ struct Pending {
     enqueued: Instant,
     deadline: Option<Instant>,
     reply: Reply,
+    /// The request's span, when it is traced, for the batch span to link to.
+    trace: Option<SpanContext>,
 }
+
+/// A request of a running batch: where its answer goes, how long it queued, its span.
+type Waiting = (Reply, Duration, Option<SpanContext>);
 
 /// The handle requests use to reach a version's batcher.
 pub struct Batcher {
@@ -132,6 +139,7 @@ impl Batcher {
             enqueued,
             deadline: policy.timeout(timeout).map(|t| enqueued + t),
             reply,
+            trace: request_spans::current_span_context(),
         };
         if self.arrivals.send(pending).is_err() {
             self.queued[level].fetch_sub(1, Ordering::AcqRel);
@@ -156,7 +164,7 @@ struct Task {
     free: usize,
     done: mpsc::UnboundedSender<BatchDone>,
     /// Replies (and time queued) of the batches running, by batch number.
-    in_flight: HashMap<u64, Vec<(Reply, Duration)>>,
+    in_flight: HashMap<u64, Vec<Waiting>>,
     /// Finished batches held back until earlier ones are answered (`preserve_ordering`).
     finished: BTreeMap<u64, BatchDone>,
     next_seq: u64,
@@ -270,7 +278,7 @@ impl Task {
             };
             requests.push(pending.inputs);
             sizes.push(pending.size);
-            replies.push((pending.reply, now - pending.enqueued));
+            replies.push((pending.reply, now - pending.enqueued, pending.trace));
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -291,6 +299,7 @@ impl Task {
                     "the model's instances have stopped".into(),
                 )),
                 phases: Phases::default(),
+                run: RunInfo::default(),
             });
         }
     }
@@ -315,25 +324,30 @@ impl Task {
             return;
         };
         let phases = done.phases;
-        match done.outputs {
-            Ok(outputs) => {
-                for ((reply, queue), outputs) in replies.into_iter().zip(outputs) {
-                    let _ = reply.send(Ok(Execution {
-                        outputs: Ok(outputs),
-                        queue,
-                        phases,
-                    }));
-                }
-            }
-            Err(error) => {
-                for (reply, queue) in replies {
-                    let _ = reply.send(Ok(Execution {
-                        outputs: Err(error.clone()),
-                        queue,
-                        phases,
-                    }));
-                }
-            }
+        let traces: Vec<SpanContext> = replies.iter().filter_map(|r| r.2.clone()).collect();
+        let run = RunInfo {
+            batch_span: (!traces.is_empty())
+                .then(|| request_spans::batch(&self.subject, &done.run, phases, &traces))
+                .flatten(),
+            ..done.run
+        };
+        let mut outputs = match done.outputs {
+            Ok(outputs) => outputs.into_iter().map(Ok).collect(),
+            Err(error) => vec![Err(error); replies.len()],
+        }
+        .into_iter();
+        for (reply, queue, _) in replies {
+            let outputs = outputs.next().unwrap_or_else(|| {
+                Err(ExecError::Failed(
+                    "the batch returned too few outputs".into(),
+                ))
+            });
+            let _ = reply.send(Ok(Execution {
+                outputs,
+                queue,
+                phases,
+                run: run.clone(),
+            }));
         }
     }
 

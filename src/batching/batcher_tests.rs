@@ -96,6 +96,7 @@ impl Harness {
             seq,
             outputs,
             phases: Phases::default(),
+            run: Default::default(),
         })
         .unwrap();
     }
@@ -258,6 +259,7 @@ async fn a_failed_batch_fails_only_its_requests() {
         seq,
         outputs: Err(ExecError::Failed("boom".into())),
         phases: Phases::default(),
+        run: Default::default(),
     })
     .unwrap();
     let failed = doomed.await.unwrap().unwrap();

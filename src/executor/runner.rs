@@ -6,13 +6,14 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batching::limits::Breaker;
 use crate::batching::merge;
 use crate::registry::stats::VersionStats;
+use crate::telemetry::request_spans::RunInfo;
 use crate::tensor::Tensor;
 
 use super::{ExecError, Instance, LoadedModel, Phases};
@@ -25,6 +26,8 @@ pub struct Execution {
     pub queue: Duration,
     /// Time spent in each phase of the execution.
     pub phases: Phases,
+    /// When and where it ran, and in what batch.
+    pub run: RunInfo,
 }
 
 /// What an instance reports back for one batch: every request's outputs, in batch order.
@@ -34,6 +37,8 @@ pub struct BatchDone {
     pub seq: u64,
     pub outputs: Result<Vec<Vec<Tensor>>, ExecError>,
     pub phases: Phases,
+    /// When and where it ran (its batch span is the batcher's to record).
+    pub run: RunInfo,
 }
 
 /// Where a job's answer goes.
@@ -88,7 +93,7 @@ impl Runner {
             let observers = observers.clone();
             std::thread::Builder::new()
                 .name(format!("{label}#{index}"))
-                .spawn(move || serve(model, instance, queue, observers))
+                .spawn(move || serve(model, (index, instance), queue, observers))
                 .map_err(|e| format!("cannot start instance thread: {e}"))?;
         }
         Ok(Runner { jobs, count })
@@ -124,6 +129,7 @@ impl Runner {
             outputs: Err(ExecError::Failed(what.to_string())),
             queue: Duration::ZERO,
             phases: Phases::default(),
+            run: RunInfo::default(),
         };
         if self.jobs.send(job).is_err() {
             return stopped("the model's instances have stopped");
@@ -138,7 +144,7 @@ impl Runner {
 /// fails only that job's requests; the instance is then rebuilt from the loaded model.
 fn serve(
     model: Arc<dyn LoadedModel>,
-    mut instance: Box<dyn Instance>,
+    (index, mut instance): (usize, Box<dyn Instance>),
     queue: crossbeam_channel::Receiver<Job>,
     observers: Observers,
 ) {
@@ -146,6 +152,12 @@ fn serve(
         let started = Instant::now();
         let mut phases = Phases::default();
         let total: usize = job.sizes.iter().sum();
+        let run = RunInfo {
+            started: Some(SystemTime::now()),
+            instance: index,
+            batch_size: total,
+            batch_span: None,
+        };
         let outputs = run_job(&mut *instance, job.requests, &job.sizes, &mut phases);
         match &outputs {
             Ok(_) => {
@@ -170,6 +182,7 @@ fn serve(
                     outputs,
                     queue: started - enqueued,
                     phases,
+                    run,
                 });
             }
             JobReply::Batch { seq, done } => {
@@ -177,6 +190,7 @@ fn serve(
                     seq,
                     outputs,
                     phases,
+                    run,
                 });
             }
         }

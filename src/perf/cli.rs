@@ -97,6 +97,11 @@ pub struct PerfArgs {
     /// Deadline of one request, seconds; slower requests count as DeadlineExceeded.
     #[arg(long, default_value = "10", value_parser = parse_secs)]
     pub request_timeout_secs: Duration,
+    /// Send the `routing_key` request parameter (a string), cycling through N distinct keys
+    /// `user-0` .. `user-{N-1}`, so that a model with a sticky traffic policy (`routing_key` in
+    /// its `traffic.yaml`) routes the requests by key; 0 (default) sends no key.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub routing_keys: usize,
     /// Also write the reports as a JSON array to PATH (`-`: stdout, the table then goes to stderr).
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
@@ -121,6 +126,7 @@ impl PerfArgs {
             connections: self.connections,
             shapes: self.shape.iter().cloned().collect::<HashMap<_, _>>(),
             request_timeout: self.request_timeout_secs,
+            routing_keys: self.routing_keys,
         }
     }
 }
@@ -188,6 +194,8 @@ mod tests {
             "INPUT0:2,16",
             "-x",
             "3",
+            "--routing-keys",
+            "1000",
         ]);
         let o = cli.perf.to_options();
         assert_eq!(o.concurrency, vec![1, 8]);
@@ -196,8 +204,10 @@ mod tests {
         assert_eq!(o.version.as_deref(), Some("3"));
         assert_eq!(o.shapes["INPUT0"], vec![2, 16]);
         assert_eq!(o.url, "http://127.0.0.1:8001");
+        assert_eq!(o.routing_keys, 1000);
         let cli = Cli::parse_from(["perf", "-m", "s", "--concurrency-range", "2:6:2"]);
         assert_eq!(cli.perf.to_options().concurrency, vec![2, 4, 6]);
+        assert_eq!(cli.perf.to_options().routing_keys, 0);
         assert!(
             Cli::try_parse_from([
                 "perf",

@@ -10,7 +10,10 @@
 //! is a separately connected [`tonic::transport::Channel`], opened before the warm-up starts.
 //!
 //! The request is built once per run from the model's `ModelMetadata` (see [`request`]) and cloned for
-//! each call, so the client spends as little CPU per request as possible.
+//! each call, so the client spends as little CPU per request as possible. With
+//! [`PerfOptions::routing_keys`] `N > 0`, `N` requests are built up front, each carrying the
+//! `routing_key` request parameter `user-0` .. `user-{N-1}`, and every task cycles through them
+//! (from its own offset), so a model with a sticky traffic policy routes them by key.
 
 mod cli;
 pub mod report;
@@ -53,11 +56,17 @@ pub struct PerfOptions {
     /// Deadline of a single request. A request exceeding it counts as a `DeadlineExceeded` error, and
     /// it bounds how long a level can run past its measurement window.
     pub request_timeout: Duration,
+    /// Number of distinct routing keys (`user-0` .. `user-{N-1}`) sent as the `routing_key`
+    /// request parameter, cycled through by every task; 0 sends none.
+    pub routing_keys: usize,
 }
+
+/// Upper bound on [`PerfOptions::routing_keys`] (each key is one prebuilt request).
+pub const MAX_ROUTING_KEYS: usize = 1 << 20;
 
 impl PerfOptions {
     /// Options with `perf_analyzer`-like defaults for `model` at `url`: concurrency 1, 5 s measurement,
-    /// 1 s warm-up, batch 1, 4 connections, 10 s request deadline.
+    /// 1 s warm-up, batch 1, 4 connections, 10 s request deadline, no routing keys.
     pub fn new(url: impl Into<String>, model: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -70,6 +79,7 @@ impl PerfOptions {
             connections: 4,
             shapes: HashMap::new(),
             request_timeout: Duration::from_secs(10),
+            routing_keys: 0,
         }
     }
 }
@@ -170,6 +180,9 @@ fn validate(opts: &PerfOptions) -> Result<(), PerfError> {
     if opts.request_timeout.is_zero() {
         return bad("request timeout must be positive");
     }
+    if opts.routing_keys > MAX_ROUTING_KEYS {
+        return bad(&format!("routing keys: at most {MAX_ROUTING_KEYS}"));
+    }
     Ok(())
 }
 
@@ -189,8 +202,9 @@ async fn setup_rpc<T>(
     }
 }
 
-/// Checks readiness, fetches the model's metadata and builds the request every task will send.
-async fn prepare(url: &str, opts: &PerfOptions) -> Result<pb::ModelInferRequest, PerfError> {
+/// Checks readiness, fetches the model's metadata and builds the requests the tasks will send
+/// (one, or one per routing key).
+async fn prepare(url: &str, opts: &PerfOptions) -> Result<Vec<pb::ModelInferRequest>, PerfError> {
     let mut client = GrpcInferenceServiceClient::new(connect(url, opts).await?);
     let t = opts.request_timeout;
     match setup_rpc(
@@ -211,7 +225,8 @@ async fn prepare(url: &str, opts: &PerfOptions) -> Result<pb::ModelInferRequest,
         version: opts.version.clone().unwrap_or_default(),
     };
     let meta = setup_rpc("ModelMetadata", t, client.model_metadata(meta_request)).await?;
-    request::build_request(&meta, opts)
+    let base = request::build_request(&meta, opts)?;
+    Ok(request::keyed_requests(base, opts.routing_keys))
 }
 
 /// Runs every concurrency level of `opts` in order and returns one report per level.
@@ -221,7 +236,7 @@ async fn prepare(url: &str, opts: &PerfOptions) -> Result<pb::ModelInferRequest,
 pub async fn run(opts: &PerfOptions) -> Result<Vec<PerfReport>, PerfError> {
     validate(opts)?;
     let url = normalise_url(&opts.url);
-    let request = prepare(&url, opts).await?;
+    let requests = prepare(&url, opts).await?;
     let mut reports = Vec::with_capacity(opts.concurrency.len());
     for &level in &opts.concurrency {
         eprintln!(
@@ -235,7 +250,7 @@ pub async fn run(opts: &PerfOptions) -> Result<Vec<PerfReport>, PerfError> {
         for _ in 0..n_conn {
             channels.push(connect(&url, opts).await?);
         }
-        let stats = worker::run_level(&channels, &request, level, opts).await?;
+        let stats = worker::run_level(&channels, &requests, level, opts).await?;
         let report = PerfReport::from_stats(&url, opts, level, n_conn, stats);
         eprintln!("{report}");
         reports.push(report);

@@ -35,6 +35,9 @@ pub struct PerfReport {
     pub connections: usize,
     /// Batch size of every request.
     pub batch: usize,
+    /// Distinct `routing_key` request parameters cycled through (0: none sent).
+    #[serde(default)]
+    pub routing_keys: usize,
     /// Length of the measurement window, seconds.
     pub duration_secs: f64,
     /// Warm-up before the window, seconds (not counted).
@@ -89,6 +92,7 @@ impl PerfReport {
             concurrency,
             connections,
             batch: opts.batch,
+            routing_keys: opts.routing_keys,
             duration_secs: secs,
             warmup_secs: opts.warmup.as_secs_f64(),
             requests: stats.ok,
@@ -117,9 +121,14 @@ fn join_counts(map: &BTreeMap<String, u64>) -> String {
 impl fmt::Display for PerfReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let l = &self.latency_us;
+        let keys = if self.routing_keys > 0 {
+            format!(", {} routing keys", self.routing_keys)
+        } else {
+            String::new()
+        };
         writeln!(
             f,
-            "  concurrency {} ({} conn, batch {}): {} requests in {:.1}s, {} errors",
+            "  concurrency {} ({} conn, batch {}{keys}): {} requests in {:.1}s, {} errors",
             self.concurrency,
             self.connections,
             self.batch,

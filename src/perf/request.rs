@@ -5,9 +5,15 @@
 //! `-1` dimensions replaced by 1. Data: every element is a deterministic, non-zero value
 //! `(i % 7) + 1` encoded in the input's datatype (little-endian, as the protocol's raw contents
 //! require), carried in `raw_input_contents`. No outputs are named, so the server returns all of them.
+//!
+//! Routing keys: [`keyed_requests`] turns that request into one copy per key, each with the
+//! `routing_key` request parameter (a string, `user-<i>`) set, so that no key is formatted while
+//! the load runs. The copies share the input bytes.
 
 use crate::grpc::pb;
+use crate::grpc::pb::infer_parameter::ParameterChoice;
 use crate::grpc::pb::model_infer_request::InferInputTensor;
+use crate::routing::ROUTING_KEY_PARAMETER;
 
 use super::{PerfError, PerfOptions};
 
@@ -166,6 +172,31 @@ pub fn build_request(
     })
 }
 
+/// The `i`-th routing key a perf run sends.
+pub fn routing_key(i: usize) -> String {
+    format!("user-{i}")
+}
+
+/// The requests the tasks cycle through: `base` alone when `keys` is 0, else `keys` copies of it
+/// whose `routing_key` parameter is `user-0` .. `user-{keys-1}` (other parameters kept).
+pub fn keyed_requests(base: pb::ModelInferRequest, keys: usize) -> Vec<pb::ModelInferRequest> {
+    if keys == 0 {
+        return vec![base];
+    }
+    (0..keys)
+        .map(|i| {
+            let mut request = base.clone();
+            request.parameters.insert(
+                ROUTING_KEY_PARAMETER.to_string(),
+                pb::InferParameter {
+                    parameter_choice: Some(ParameterChoice::StringParam(routing_key(i))),
+                },
+            );
+            request
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +254,35 @@ mod tests {
         assert_eq!(req.raw_input_contents[0].len(), 2 * 16 * 4);
         opts.shapes.insert("NOPE".into(), vec![1]);
         assert!(build_request(&meta, &opts).is_err());
+    }
+
+    #[test]
+    fn routing_keys_are_prebuilt_string_parameters() {
+        let base = pb::ModelInferRequest {
+            model_name: "simple".into(),
+            raw_input_contents: vec![fill("INT32", 16).into()],
+            ..Default::default()
+        };
+        let one = keyed_requests(base.clone(), 0);
+        assert_eq!(one, vec![base.clone()]);
+        assert!(one[0].parameters.is_empty());
+
+        let keyed = keyed_requests(base.clone(), 3);
+        assert_eq!(keyed.len(), 3);
+        for (i, request) in keyed.iter().enumerate() {
+            assert_eq!(request.model_name, "simple");
+            assert_eq!(request.raw_input_contents, base.raw_input_contents);
+            assert_eq!(request.parameters.len(), 1);
+            let choice = &request.parameters[ROUTING_KEY_PARAMETER].parameter_choice;
+            assert_eq!(
+                choice,
+                &Some(ParameterChoice::StringParam(format!("user-{i}")))
+            );
+        }
+        // The copies share the input bytes rather than copying them.
+        assert_eq!(
+            keyed[2].raw_input_contents[0].as_ptr(),
+            base.raw_input_contents[0].as_ptr()
+        );
     }
 }

@@ -72,17 +72,25 @@ fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
 }
 
 /// One task: keeps one request in flight until `end`, counting completions inside `[start, end)`.
+/// It sends `requests` in turn (one per routing key, or a single one), beginning at `first`.
 async fn closed_loop(
     mut client: GrpcInferenceServiceClient<Channel>,
-    request: Arc<pb::ModelInferRequest>,
+    requests: Arc<[pb::ModelInferRequest]>,
+    first: usize,
     window_start: Instant,
     end: Instant,
     timeout: Duration,
 ) -> LevelStats {
     let mut stats = LevelStats::new(end - window_start);
+    let mut next = first % requests.len();
     while Instant::now() < end {
+        let request = requests[next].clone();
+        next += 1;
+        if next == requests.len() {
+            next = 0;
+        }
         let sent = Instant::now();
-        let result = tokio::time::timeout(timeout, client.model_infer((*request).clone())).await;
+        let result = tokio::time::timeout(timeout, client.model_infer(request)).await;
         let done = Instant::now();
         let counted = done >= window_start && done < end;
         match result {
@@ -120,13 +128,16 @@ async fn closed_loop(
 
 /// Runs `level` closed-loop tasks over `channels` (task `i` on channel `i % channels.len()`):
 /// warm-up first, then the measurement window. Returns the merged statistics of the window.
+/// Every task cycles through all of `requests` (not empty), task `i` starting at
+/// `i × len / level`, so that the tasks send different keys at any moment.
 pub async fn run_level(
     channels: &[Channel],
-    request: &pb::ModelInferRequest,
+    requests: &[pb::ModelInferRequest],
     level: usize,
     opts: &PerfOptions,
 ) -> Result<LevelStats, PerfError> {
-    let request = Arc::new(request.clone());
+    assert!(!requests.is_empty(), "run_level needs a request");
+    let requests: Arc<[pb::ModelInferRequest]> = requests.into();
     let window_start = Instant::now() + opts.warmup;
     let end = window_start + opts.duration;
     let mut tasks = tokio::task::JoinSet::new();
@@ -136,7 +147,8 @@ pub async fn run_level(
             .max_encoding_message_size(usize::MAX);
         tasks.spawn(closed_loop(
             client,
-            request.clone(),
+            requests.clone(),
+            i * requests.len() / level,
             window_start,
             end,
             opts.request_timeout,

@@ -7,8 +7,11 @@ use std::time::Instant;
 use crate::batching::Scheduler;
 use crate::error::{Error, Result};
 use crate::executor::ExecError;
+use crate::executor::runner::Execution;
 use crate::schema::ModelSchema;
+use crate::telemetry::request_spans;
 use crate::tensor::{InferRequest, InferResponse};
+use opentelemetry::trace::TraceContextExt;
 
 use super::stats::{Timings, VersionStats};
 
@@ -67,6 +70,7 @@ impl ModelVersion {
                 return Err(e);
             }
         };
+        self.trace_execution(&execution);
         let outputs = match execution.outputs {
             Ok(outputs) => outputs,
             Err(e) => return Err(self.failed(started, e)),
@@ -92,6 +96,21 @@ impl ModelVersion {
             id: request.id,
             outputs,
         })
+    }
+
+    /// Records the request's queue and execution spans, and for a request run alone (no
+    /// batcher) its batch span, when the request is traced.
+    fn trace_execution(&self, execution: &Execution) {
+        let Some(parent) = request_spans::current() else {
+            return;
+        };
+        let mut run = execution.run.clone();
+        if run.batch_span.is_none() {
+            let request = parent.span().span_context().clone();
+            let subject = format!("model '{}' version {}", self.model, self.version);
+            run.batch_span = request_spans::batch(&subject, &run, execution.phases, &[request]);
+        }
+        request_spans::request_phases(&parent, execution.queue, execution.phases, &run);
     }
 
     fn failed(&self, started: Instant, error: ExecError) -> Error {

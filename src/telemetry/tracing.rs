@@ -99,6 +99,7 @@ impl Tracing {
             .with_resource(Resource::builder().with_service_name("switchyard").build())
             .build();
         let tracer = provider.tracer("switchyard");
+        super::request_spans::install(tracer.clone());
         RATIO.store(ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
         ENABLED.store(true, Ordering::Relaxed);
         Ok((Tracing { provider }, tracer))
