@@ -192,10 +192,12 @@ pub async fn run(
 
     let (begun, begun_rx) = oneshot::channel::<()>();
     let flag = Arc::clone(&ready);
+    let draining = Arc::clone(&registry);
     let shutdown = async move {
         shutdown.await;
         info!("shutting down: no longer accepting, finishing in-flight requests");
         flag.store(false, Ordering::Release);
+        draining.drain();
         let _ = stopping_tx.send(true);
         let _ = begun.send(());
     };

@@ -149,3 +149,42 @@ async fn sigterm_under_load_answers_accepted_requests_and_exits_cleanly() {
     .unwrap();
     assert!(exit.success(), "exit status {exit:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_runs_queued_batches_without_waiting_for_their_delay() {
+    // A batch would wait up to an hour to fill; shutdown must not.
+    let config = "name: \"identity_fp32\"\nmax_batch_size: 8\n\
+        input [ { name: \"INPUT0\" data_type: TYPE_FP32 dims: [ 4 ] } ]\n\
+        output [ { name: \"OUTPUT0\" data_type: TYPE_FP32 dims: [ 4 ] } ]\n\
+        dynamic_batching { max_queue_delay_microseconds: 3600000000 }\n";
+    let repo = Repo::new()
+        .fixture("identity_fp32")
+        .file("identity_fp32/config.pbtxt", config);
+    let server = support::Server::start_with(repo, |s| s.exit_timeout_secs = 60).await;
+    let client = server.client().await;
+    let pending = "nv_inference_pending_request_count{model=\"identity_fp32\",version=\"1\"} 1";
+    let mut waiting = client.clone();
+    let call = tokio::spawn(async move {
+        let request = support::fp32_request("identity_fp32", "INPUT0", vec![1, 4], &[5.0; 4]);
+        waiting.model_infer(request).await
+    });
+    let started = std::time::Instant::now();
+    while !server.scrape().await.contains(pending) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the request never queued"
+        );
+        tokio::task::yield_now().await;
+    }
+    let stopping = std::time::Instant::now();
+    let stop = tokio::spawn(server.stop());
+    let answer = call.await.unwrap().expect("the queued request is answered");
+    let out = support::raw_f32(&answer.into_inner().raw_output_contents[0]);
+    assert_eq!(out, vec![5.0; 4]);
+    stop.await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        stopping.elapsed()
+    );
+}

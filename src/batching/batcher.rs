@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use opentelemetry::trace::SpanContext;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -65,7 +65,7 @@ impl Batcher {
         instances: usize,
         config: Arc<DynamicConfig>,
         subject: String,
-        timer: Timer,
+        (timer, drain): (Timer, watch::Receiver<bool>),
     ) -> Batcher {
         let (arrivals, arrived) = mpsc::unbounded_channel();
         let queued: Arc<[AtomicUsize]> =
@@ -85,12 +85,13 @@ impl Batcher {
             next_seq: 0,
             next_answer: 0,
             sizes: Vec::new(),
+            draining: false,
         };
         let alarm = match timer {
             Timer::Runtime => None,
             Timer::Thread => Alarm::start(&subject),
         };
-        tokio::spawn(task.run(arrived, finished, alarm));
+        tokio::spawn(task.run((arrived, drain), finished, alarm));
         Batcher {
             arrivals,
             queued,
@@ -171,12 +172,14 @@ struct Task {
     next_answer: u64,
     /// Scratch for the queue summary.
     sizes: Vec<usize>,
+    /// Shutdown has begun: run what is queued without waiting for batches to fill.
+    draining: bool,
 }
 
 impl Task {
     async fn run(
         mut self,
-        mut arrived: mpsc::UnboundedReceiver<Pending>,
+        (mut arrived, mut drain): (mpsc::UnboundedReceiver<Pending>, watch::Receiver<bool>),
         mut finished: mpsc::UnboundedReceiver<BatchDone>,
         mut alarm: Option<Alarm>,
     ) {
@@ -191,6 +194,10 @@ impl Task {
                     None => open = false,
                 },
                 () = wait_until(wake, alarm.as_ref()), if wake.is_some() => {}
+                changed = drain.changed(), if !self.draining => {
+                    // A dropped sender (the registry is gone) also means: stop waiting.
+                    self.draining = changed.is_err() || *drain.borrow();
+                }
             }
             while let Ok(done) = finished.try_recv() {
                 self.finish(done);
@@ -224,7 +231,8 @@ impl Task {
             let (blocked, oldest) = self.summarize();
             let summary = QueueSummary {
                 sizes: &self.sizes,
-                blocked,
+                // While draining, no batch waits to grow: it runs as it is.
+                blocked: blocked || self.draining,
                 oldest: oldest.unwrap_or(now).into_std(),
                 free_instances: self.free,
             };

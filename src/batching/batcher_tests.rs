@@ -49,19 +49,25 @@ fn input(value: i32, width: i64) -> Vec<Option<Tensor>> {
 struct Harness {
     batcher: Arc<Batcher>,
     jobs: crossbeam_channel::Receiver<Job>,
+    drain: tokio::sync::watch::Sender<bool>,
 }
 
 impl Harness {
     fn new(config: Arc<DynamicConfig>, instances: usize) -> Harness {
         let (tx, jobs) = crossbeam_channel::unbounded();
+        let (drain, draining) = tokio::sync::watch::channel(false);
         let batcher = Arc::new(Batcher::start(
             tx,
             instances,
             config,
             "model 'm' version 1".into(),
-            Timer::Runtime,
+            (Timer::Runtime, draining),
         ));
-        Harness { batcher, jobs }
+        Harness {
+            batcher,
+            jobs,
+            drain,
+        }
     }
 
     fn send(
@@ -129,6 +135,30 @@ async fn requests_arriving_within_the_delay_run_as_one_batch() {
         );
         assert_eq!(execution.queue, 10 * MS);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_shutdown_queued_requests_run_without_waiting_for_the_delay() {
+    let h = Harness::new(config(3600 * 1000 * MS, vec![unbounded()]), 1);
+    let calls: Vec<_> = (0..2).map(|i| h.send(i, 2, None)).collect();
+    h.settle().await;
+    assert!(h.jobs.try_recv().is_err(), "the batch waits for its delay");
+    h.drain.send_replace(true);
+    h.settle().await;
+    let job = h
+        .jobs
+        .try_recv()
+        .expect("the batch runs as soon as draining begins");
+    assert_eq!(job.sizes, vec![1, 1]);
+    Harness::answer(job);
+    for (i, call) in calls.into_iter().enumerate() {
+        assert_eq!(value(&call.await.unwrap().unwrap()), i as i32);
+    }
+    // A request arriving while draining runs at once too.
+    let late = h.send(7, 2, None);
+    h.settle().await;
+    Harness::answer(h.jobs.try_recv().expect("no waiting while draining"));
+    assert_eq!(value(&late.await.unwrap().unwrap()), 7);
 }
 
 #[tokio::test(start_paused = true)]

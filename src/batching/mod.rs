@@ -231,11 +231,12 @@ pub struct Scheduler {
 impl Scheduler {
     /// Starts the instances of a loaded version and, if configured, its batcher. Must run inside
     /// the tokio runtime (the batcher is a task).
+    /// `drain` turns true at shutdown; the batcher then stops waiting for batches to fill.
     pub fn start(
         model: &Arc<dyn LoadedModel>,
         config: &SchedulingConfig,
-        name: &str,
-        version: u64,
+        (name, version): (&str, u64),
+        drain: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Scheduler, String> {
         let observers = Observers {
             stats: Arc::new(VersionStats::default()),
@@ -255,7 +256,7 @@ impl Scheduler {
                     runner.count(),
                     Arc::new(dynamic.clone()),
                     subject.clone(),
-                    Timer::Thread,
+                    (Timer::Thread, drain),
                 ))
             }
         };

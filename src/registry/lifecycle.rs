@@ -201,6 +201,7 @@ pub async fn reconcile(
         let backend = Arc::clone(registry.backend());
         let (model, source, resolved) = (name.to_string(), source.clone(), Arc::clone(&resolved));
         let loads = plan.load;
+        let drain = registry.drain_signal();
         // Load spans are children of whatever span asked for the load.
         let parent = tracing::Span::current();
         let loaded = tokio::task::spawn_blocking(move || {
@@ -209,7 +210,8 @@ pub async fn reconcile(
                 .into_iter()
                 .map(|(v, previous)| {
                     let started = Instant::now();
-                    let status = load_version(&*backend, &model, &source, &resolved, v, previous);
+                    let status =
+                        load_version(&*backend, (&model, &drain), &source, &resolved, v, previous);
                     (v, status, started.elapsed())
                 })
                 .collect::<Vec<_>>()
@@ -323,7 +325,7 @@ fn plan(
 
 fn load_version(
     backend: &dyn Backend,
-    name: &str,
+    (name, drain): (&str, &tokio::sync::watch::Receiver<bool>),
     source: &ModelSource,
     resolved: &Resolved,
     version: u64,
@@ -341,7 +343,7 @@ fn load_version(
     let loaded = backend
         .load(schema, &found.file)
         .and_then(|model| warmup::run(config, &found.file, schema, &model).map(|()| model))
-        .and_then(|model| Scheduler::start(&model, scheduling, name, version))
+        .and_then(|model| Scheduler::start(&model, scheduling, (name, version), drain.clone()))
         .map(|scheduler| {
             Arc::new(ModelVersion::new(
                 name,

@@ -321,6 +321,8 @@ pub struct Registry {
     traffic_lock: tokio::sync::Mutex<()>,
     /// Never write traffic files; hold every change in memory.
     memory_only: bool,
+    /// Turns true at shutdown: batchers stop waiting for batches to fill.
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl Registry {
@@ -335,7 +337,19 @@ impl Registry {
             overrides: DashMap::new(),
             traffic_lock: tokio::sync::Mutex::new(()),
             memory_only: false,
+            draining: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Shutdown has begun: every batcher runs what it holds now instead of waiting for its
+    /// batch to fill, so accepted requests are answered without their queue delay.
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// What a batcher watches to learn that shutdown has begun.
+    pub fn drain_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.draining.subscribe()
     }
 
     /// Keeps traffic changes in memory instead of writing `traffic.yaml` (for repositories the
