@@ -35,11 +35,11 @@ def model_path(root, name, version=1):
     return os.path.join(root, name, str(version), "model.onnx")
 
 
-def load_and_check(path):
+def load_and_check(path, opset=13):
     model = onnx.load(path)
     onnx.checker.check_model(model, full_check=True)
     assert model.ir_version == 8, model.ir_version
-    assert [(o.domain, o.version) for o in model.opset_import] == [("", 13)]
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", opset)]
     return model
 
 
@@ -143,6 +143,39 @@ def check_digits_cnn():
     print(f"  argmax per image: {probs.argmax(axis=1).tolist()}")
 
 
+# The operators the GPU executor lowers (src/executor/gpu_plan/ops.rs, SUPPORTED_OPS).
+GPU_OPS = {
+    "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Relu", "Sigmoid", "Tanh", "Erf",
+    "Gelu", "Softmax", "LayerNormalization", "ReduceMean", "Reshape", "Flatten", "Transpose",
+    "Squeeze", "Unsqueeze", "Identity", "Cast", "Concat", "Gather",
+}
+
+
+def check_encoder():
+    print("encoder, encoder_gpu")
+    paths = {name: model_path(REPO_DIR, name) for name in ("encoder", "encoder_gpu")}
+    for name, path in paths.items():
+        check_names(REPO_DIR, name, load_and_check(path, opset=17))
+    with open(paths["encoder"], "rb") as f, open(paths["encoder_gpu"], "rb") as g:
+        check(f.read() == g.read(), "encoder_gpu: differs from encoder")
+    with open(os.path.join(REPO_DIR, "encoder", "config.pbtxt"), encoding="utf-8") as f:
+        cpu_config = f.read()
+    with open(os.path.join(REPO_DIR, "encoder_gpu", "config.pbtxt"), encoding="utf-8") as f:
+        gpu_config = f.read()
+    check(cpu_config.replace('"encoder"', '"encoder_gpu"').replace("KIND_CPU", "KIND_GPU") == gpu_config,
+          "encoder_gpu: config differs from encoder's beyond name and kind")
+    model = onnx.load(paths["encoder"])
+    ops = {n.op_type for n in model.graph.node}
+    check(ops <= GPU_OPS, f"encoder: operators outside the GPU set: {sorted(ops - GPU_OPS)}")
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 1000, (2, 32), dtype=np.int64)
+    (out,) = session(paths["encoder"]).run(["embeddings"], {"tokens": tokens})
+    check(out.shape == (2, 32, 64) and out.dtype == np.float32, f"encoder: shape {out.shape}")
+    check(bool(np.isfinite(out).all()), "encoder: non-finite output")
+    print(f"  ops: {sorted(ops)}")
+    print(f"  output mean {float(out.mean()):.4f}, std {float(out.std()):.4f}")
+
+
 IDENTITY_SAMPLES = {
     "bool": np.array([[True, False, True, False]]),
     "uint8": np.array([[0, 1, 128, 255]], dtype=np.uint8),
@@ -201,6 +234,7 @@ def main():
     check_classifier()
     check_tabular_mlp()
     check_digits_cnn()
+    check_encoder()
     check_identities()
     check_add_sub_fp32()
     check_no_config_mlp()

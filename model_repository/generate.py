@@ -15,6 +15,12 @@ Writes, relative to this script's directory:
     digits_cnn/config.pbtxt, digits_cnn/1/model.onnx
         small CNN on a [1, 28, 28] image -> 10 class probabilities
         (max_batch_size 16)
+    encoder/config.pbtxt, encoder/1/model.onnx
+        one pre-LayerNorm transformer encoder block on INT64 token ids [32]
+        (vocabulary 1000, d_model 64, 2 heads, feed-forward 256, erf Gelu,
+        opset 17 for LayerNormalization) -> FP32 [32, 64] (max_batch_size 64)
+    encoder_gpu/config.pbtxt, encoder_gpu/1/model.onnx
+        the same file with a KIND_GPU instance group
 
   ../tests/fixtures/models/              (test fixtures)
     identity_<type>/   Identity on INPUT0 [4] -> OUTPUT0 [4], max_batch_size 8,
@@ -30,7 +36,7 @@ Writes, relative to this script's directory:
                        tens of milliseconds of matrix products)
 
 All weights are random (seeded numpy generators, He initialisation); they are
-not trained. Models use opset 13 and IR version 8. The output is
+not trained. Models use opset 13 (the encoder 17) and IR version 8. The output is
 deterministic: rerunning the script produces byte-identical files.
 
 Usage:
@@ -76,10 +82,10 @@ BATCH = "batch"
 # Helpers
 # ---------------------------------------------------------------------------
 
-def make_model(graph):
+def make_model(graph, opset=OPSET):
     model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
+        opset_imports=[helper.make_opsetid("", opset)],
         producer_name=PRODUCER,
         producer_version="1",
     )
@@ -112,7 +118,7 @@ def tensor_block(name, data_type, dims):
     )
 
 
-def config_pbtxt(name, max_batch_size, inputs, outputs, version_policy_all=False):
+def config_pbtxt(name, max_batch_size, inputs, outputs, version_policy_all=False, kind="KIND_CPU"):
     """Render a config.pbtxt in the style of Triton's documentation.
 
     inputs / outputs are lists of (name, triton_type, dims).
@@ -130,7 +136,7 @@ def config_pbtxt(name, max_batch_size, inputs, outputs, version_policy_all=False
     lines.append("output [")
     lines.append(",\n".join(tensor_block(*t) for t in outputs))
     lines.append("]")
-    lines.append("instance_group [ { count: 1, kind: KIND_CPU } ]")
+    lines.append(f"instance_group [ {{ count: 1, kind: {kind} }} ]")
     return "\n".join(lines) + "\n"
 
 
@@ -266,6 +272,104 @@ def build_digits_cnn(seed):
         initializer=init,
     )
     return make_model(graph)
+
+
+ENCODER_OPSET = 17  # LayerNormalization is opset 17
+ENCODER_VOCAB = 1000
+ENCODER_SEQ = 32
+ENCODER_DIM = 64
+ENCODER_HEADS = 2
+ENCODER_FF = 256
+ENCODER_SEED = 7007
+
+
+def build_encoder(seed):
+    """One pre-LayerNorm transformer encoder block, written out operator by operator so that
+    every step is one the GPU executor lowers: token and position embeddings, LayerNorm,
+    two-head self-attention through MatMul/Transpose/Softmax with 1/sqrt(head_dim) scaling, a
+    residual Add, LayerNorm, an erf-based Gelu MLP, a residual Add and a final LayerNorm.
+
+    tokens INT64 [batch, 32] -> embeddings FP32 [batch, 32, 64]."""
+    rng = np.random.default_rng(seed)
+    d, heads, ff, seq = ENCODER_DIM, ENCODER_HEADS, ENCODER_FF, ENCODER_SEQ
+    head_dim = d // heads
+    init = []
+
+    def add(name, array):
+        init.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def layer_norm_params(prefix):
+        return (add(f"{prefix}.weight", (1.0 + 0.1 * rng.standard_normal(d)).astype(np.float32)),
+                add(f"{prefix}.bias", small_bias(rng, d)))
+
+    tok = add("tok_embedding", (0.5 * rng.standard_normal((ENCODER_VOCAB, d))).astype(np.float32))
+    pos = add("pos_embedding", (0.1 * rng.standard_normal((seq, d))).astype(np.float32))
+    ln1_w, ln1_b = layer_norm_params("ln1")
+    proj = {}
+    for name, fan_in, fan_out in [("q", d, d), ("k", d, d), ("v", d, d), ("o", d, d),
+                                  ("ff1", d, ff), ("ff2", ff, d)]:
+        # Stored [in, out] for MatMul(x, W).
+        weight = (he_normal(rng, (fan_in, fan_out), fan_in) / np.sqrt(2.0)).astype(np.float32)
+        proj[name] = (add(f"{name}.weight", weight),
+                      add(f"{name}.bias", small_bias(rng, fan_out)))
+    ln2_w, ln2_b = layer_norm_params("ln2")
+    lnf_w, lnf_b = layer_norm_params("ln_final")
+    heads_shape = add("heads.shape", np.array([0, 0, heads, head_dim], dtype=np.int64))
+    merged_shape = add("merged.shape", np.array([0, 0, d], dtype=np.int64))
+    scale = add("attention.scale", np.array(np.sqrt(head_dim), dtype=np.float32))
+    sqrt2 = add("gelu.sqrt2", np.array(np.sqrt(2.0), dtype=np.float32))
+    one = add("gelu.one", np.array(1.0, dtype=np.float32))
+    half = add("gelu.half", np.array(0.5, dtype=np.float32))
+
+    def linear(name, x, out):
+        w, b = proj[name]
+        return [helper.make_node("MatMul", [x, w], [f"{name}_mm"], name=f"{name}_proj"),
+                helper.make_node("Add", [f"{name}_mm", b], [out], name=f"{name}_bias")]
+
+    def layer_norm(name, x, w, b, out):
+        return helper.make_node("LayerNormalization", [x, w, b], [out], name=name, axis=-1, epsilon=1e-5)
+
+    nodes = [
+        helper.make_node("Gather", [tok, "tokens"], ["embedded"], name="embed", axis=0),
+        helper.make_node("Add", ["embedded", pos], ["x0"], name="add_pos"),
+        layer_norm("ln1", "x0", ln1_w, ln1_b, "h1"),
+        *linear("q", "h1", "q"),
+        *linear("k", "h1", "k"),
+        *linear("v", "h1", "v"),
+        helper.make_node("Reshape", ["q", heads_shape], ["q4"], name="q_heads"),
+        helper.make_node("Transpose", ["q4"], ["qh"], name="q_t", perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["k", heads_shape], ["k4"], name="k_heads"),
+        helper.make_node("Transpose", ["k4"], ["kt"], name="k_t", perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", ["v", heads_shape], ["v4"], name="v_heads"),
+        helper.make_node("Transpose", ["v4"], ["vh"], name="v_t", perm=[0, 2, 1, 3]),
+        helper.make_node("MatMul", ["qh", "kt"], ["scores"], name="scores"),
+        helper.make_node("Div", ["scores", scale], ["scaled"], name="scale"),
+        helper.make_node("Softmax", ["scaled"], ["probs"], name="attention", axis=-1),
+        helper.make_node("MatMul", ["probs", "vh"], ["context"], name="context"),
+        helper.make_node("Transpose", ["context"], ["context_t"], name="merge_t", perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["context_t", merged_shape], ["merged"], name="merge"),
+        *linear("o", "merged", "attended"),
+        helper.make_node("Add", ["x0", "attended"], ["x1"], name="residual1"),
+        layer_norm("ln2", "x1", ln2_w, ln2_b, "h2"),
+        *linear("ff1", "h2", "f1"),
+        helper.make_node("Div", ["f1", sqrt2], ["g_scaled"], name="gelu_div"),
+        helper.make_node("Erf", ["g_scaled"], ["g_erf"], name="gelu_erf"),
+        helper.make_node("Add", ["g_erf", one], ["g_shift"], name="gelu_add"),
+        helper.make_node("Mul", ["f1", "g_shift"], ["g_prod"], name="gelu_mul"),
+        helper.make_node("Mul", ["g_prod", half], ["gelu"], name="gelu_half"),
+        *linear("ff2", "gelu", "f2"),
+        helper.make_node("Add", ["x1", "f2"], ["x2"], name="residual2"),
+        layer_norm("ln_final", "x2", lnf_w, lnf_b, "embeddings"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "encoder",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, [BATCH, seq])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, [BATCH, seq, d])],
+        initializer=init,
+    )
+    return make_model(graph, ENCODER_OPSET)
 
 
 # ---------------------------------------------------------------------------
@@ -519,6 +623,20 @@ def main():
         ),
         REPO_DIR, "digits_cnn", "config.pbtxt",
     )
+
+    # The same encoder file twice: served on the CPU, and asking for a GPU.
+    encoder = build_encoder(ENCODER_SEED)
+    for name, kind in [("encoder", "KIND_CPU"), ("encoder_gpu", "KIND_GPU")]:
+        emit_model(encoder, REPO_DIR, name, "1", "model.onnx")
+        emit_config(
+            config_pbtxt(
+                name, 64,
+                [("tokens", "TYPE_INT64", [ENCODER_SEQ])],
+                [("embeddings", "TYPE_FP32", [ENCODER_SEQ, ENCODER_DIM])],
+                kind=kind,
+            ),
+            REPO_DIR, name, "config.pbtxt",
+        )
 
     # -- fixtures -------------------------------------------------------------
     for suffix, triton_type in IDENTITY_TYPES:

@@ -212,10 +212,13 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
 }
 
 /// `switchyard repo check DIR`: loads everything, prints a line per model and version, and exits
-/// non-zero when any model or version would not serve.
+/// non-zero when any model or version would not serve. A KIND_GPU model also gets its graph
+/// checked against the GPU executor (a line per version: what it lowers to, or every unsupported
+/// operator); on a machine without a GPU, a GPU model whose only obstacle is the missing GPU is
+/// reported as `NEEDS GPU` and does not fail the check (see model_repository/README.md).
 pub fn repo_check(dir: PathBuf) -> ExitCode {
     let settings = Settings {
-        model_repository: dir,
+        model_repository: dir.clone(),
         model_control_mode: switchyard::config::ModelControlMode::None,
         ..Settings::default()
     };
@@ -233,6 +236,11 @@ pub fn repo_check(dir: PathBuf) -> ExitCode {
     let mut failures = 0;
     for model in registry.models() {
         let snapshot = model.snapshot();
+        if let Some(gpu) = gpu_check(&dir, &model.name, &snapshot.reason) {
+            failures += gpu.failures;
+            gpu.lines.iter().for_each(|line| println!("{line}"));
+            continue;
+        }
         if snapshot.versions.is_empty() {
             failures += 1;
             println!("{}: UNAVAILABLE: {}", model.name, snapshot.reason);
@@ -259,6 +267,47 @@ pub fn repo_check(dir: PathBuf) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// What `repo check` says about a KIND_GPU model.
+struct GpuCheck {
+    lines: Vec<String>,
+    failures: usize,
+}
+
+/// For a model refused for its KIND_GPU instance group: per version, whether the GPU executor
+/// can run its graph. `None` for other models.
+fn gpu_check(dir: &std::path::Path, name: &str, reason: &str) -> Option<GpuCheck> {
+    use switchyard::executor::{cuda, gpu_plan::Program};
+    let refusal = cuda::gpu_load_refusal();
+    if !reason.contains(&refusal) {
+        return None;
+    }
+    let source = switchyard::repository::scan_model(name, &dir.join(name)).ok()?;
+    let config = source.config.clone().unwrap_or_default();
+    // Only the missing GPU stands in the way, and that is the machine's doing, not the model's.
+    let only_no_gpu = cuda::gpus().unavailable.is_some();
+    let mut check = GpuCheck {
+        lines: Vec::new(),
+        failures: 0,
+    };
+    for version in switchyard::repository::select_versions(&config, &source.versions) {
+        let file = &source.versions[&version].file;
+        let (state, plan, ok) = match Program::check_file(file) {
+            Ok(summary) if only_no_gpu => ("NEEDS GPU", summary.to_string(), true),
+            Ok(summary) => ("UNAVAILABLE", summary.to_string(), false),
+            Err(e) => ("UNAVAILABLE", e.to_string(), false),
+        };
+        check.failures += usize::from(!ok);
+        check.lines.push(format!(
+            "{name} version {version}: {state}: {reason}; {plan}"
+        ));
+    }
+    if check.lines.is_empty() {
+        check.failures = 1;
+        check.lines.push(format!("{name}: UNAVAILABLE: {reason}"));
+    }
+    Some(check)
 }
 
 fn describe_io(schema: &std::sync::Arc<switchyard::schema::ModelSchema>) -> String {

@@ -4,6 +4,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod gpu_plan;
 pub mod runner;
 
 use std::path::Path;

@@ -27,6 +27,7 @@ pub fn resolve(backend: &dyn Backend, source: &ModelSource) -> Result<Resolved, 
     let config = resolve_config(backend, source)?;
     let schema = Arc::new(ModelSchema::from_config(&config)?);
     let scheduling = SchedulingConfig::from_model_config(&config, instance_count(&config))?;
+    check_gpu(&config)?;
     Ok(Resolved {
         config,
         schema,
@@ -79,20 +80,40 @@ fn check_runnable(config: &ModelConfig) -> Result<(), String> {
         ));
     }
     for (index, group) in config.instance_group.iter().enumerate() {
-        let label = if group.name.is_empty() {
-            format!("#{index}")
-        } else {
-            format!("'{}'", group.name)
-        };
-        if group.kind == Kind::Gpu as i32 {
-            let refusal = crate::executor::cuda::gpu_load_refusal();
-            return Err(format!("instance group {label}: {refusal}"));
-        }
         if group.count < 0 {
+            let label = group_label(index, &group.name);
             return Err(format!("instance group {label} has a negative count"));
         }
     }
     Ok(())
+}
+
+fn group_label(index: usize, name: &str) -> String {
+    if name.is_empty() {
+        format!("#{index}")
+    } else {
+        format!("'{name}'")
+    }
+}
+
+/// Refuses KIND_GPU instance groups (with the GPU probe's reason) until the CUDA executor runs
+/// models. Checked after everything else resolved, so that a GPU model refused here has nothing
+/// else wrong with its configuration: `repo check` relies on this to tell a model that only
+/// lacks a GPU from a broken one.
+fn check_gpu(config: &ModelConfig) -> Result<(), String> {
+    match config
+        .instance_group
+        .iter()
+        .enumerate()
+        .find(|(_, g)| g.kind == Kind::Gpu as i32)
+    {
+        Some((index, group)) => Err(format!(
+            "instance group {}: {}",
+            group_label(index, &group.name),
+            crate::executor::cuda::gpu_load_refusal()
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Instances to start: the sum of the groups' counts (a group without a count has one), at least 1.

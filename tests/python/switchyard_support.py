@@ -23,7 +23,10 @@ from tritonclient.utils import InferenceServerException
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_REPOSITORY = REPO_ROOT / "model_repository"
 FIXTURE_MODELS = REPO_ROOT / "tests" / "fixtures" / "models"
-SHIPPED_MODELS = ("simple", "simple_string", "classifier", "tabular_mlp", "digits_cnn")
+SHIPPED_MODELS = ("simple", "simple_string", "classifier", "tabular_mlp", "digits_cnn", "encoder")
+# Shipped models that need a GPU: kept out of the shared repository, whose models must all serve
+# everywhere; test_encoder.py starts a daemon of its own with them.
+SHIPPED_GPU_MODELS = ("encoder_gpu",)
 
 # How long the daemon may take to load every model and start listening.
 START_TIMEOUT_S = float(os.environ.get("SWITCHYARD_START_TIMEOUT", "60"))
