@@ -64,6 +64,9 @@ pub struct ServeArgs {
     /// Serve the management service on this port only (not on the gRPC port); 0 picks one.
     #[arg(long)]
     management_port: Option<u16>,
+    /// Address the management port binds [default: the gRPC address].
+    #[arg(long)]
+    management_address: Option<String>,
     /// Require `authorization: Bearer TOKEN` on management calls.
     #[arg(long, env = "SWITCHYARD_MANAGEMENT_TOKEN", hide_env_values = true)]
     management_token: Option<String>,
@@ -118,6 +121,10 @@ impl ServeArgs {
             self.management_port.map(|v| u64::from(v).into()),
         );
         set(
+            "management_address",
+            self.management_address.clone().map(Into::into),
+        );
+        set(
             "management_token",
             self.management_token.clone().map(Into::into),
         );
@@ -161,8 +168,9 @@ pub fn serve(settings: Settings) -> ExitCode {
     };
     let result: Result<(), String> = rt.block_on(async {
         let shutdown = shutdown_signal();
-        let bind = |port: u16| {
-            let addr = format!("{}:{port}", settings.grpc_address);
+        let grpc_address = settings.grpc_address.as_str();
+        let bind = |(address, port): (&str, u16)| {
+            let addr = format!("{address}:{port}");
             async move {
                 TcpListener::bind(&addr)
                     .await
@@ -170,10 +178,13 @@ pub fn serve(settings: Settings) -> ExitCode {
             }
         };
         let listeners = switchyard::app::Listeners {
-            grpc: bind(settings.grpc_port).await?,
-            metrics: Some(bind(settings.metrics_port).await?),
+            grpc: bind((grpc_address, settings.grpc_port)).await?,
+            metrics: Some(bind((grpc_address, settings.metrics_port)).await?),
             management: match settings.management_port {
-                Some(port) => Some(bind(port).await?),
+                Some(port) => {
+                    let address = settings.management_address.as_deref();
+                    Some(bind((address.unwrap_or(grpc_address), port)).await?)
+                }
                 None => None,
             },
         };

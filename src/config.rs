@@ -44,6 +44,7 @@ pub const SETTING_KEYS: &[&str] = &[
     "trace_sampling_ratio",
     "log_format",
     "log_filter",
+    "management_address",
     "management_port",
     "management_token",
     "traffic_store",
@@ -131,9 +132,12 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter in `RUST_LOG` syntax, used when `RUST_LOG` is unset.
     pub log_filter: String,
-    /// Serve the management service (`switchyard.v1.TrafficControl`) on this port of the gRPC
-    /// address instead of the inference port, so inference clients cannot reach it; 0 picks a
-    /// free one. Unset: served on the gRPC port.
+    /// Address the management port binds (e.g. 127.0.0.1 or an internal interface); unset: the
+    /// gRPC address. Only used with `management_port`.
+    pub management_address: Option<String>,
+    /// Serve the management service (`switchyard.v1.TrafficControl`) on this port (of
+    /// `management_address`) instead of the inference port, so inference clients cannot reach
+    /// it; 0 picks a free one. Unset: served on the gRPC port.
     pub management_port: Option<u16>,
     /// When set, every management call must carry `authorization: Bearer <token>`.
     pub management_token: Option<String>,
@@ -160,6 +164,7 @@ impl Default for Settings {
             trace_sampling_ratio: 1.0,
             log_format: LogFormat::Text,
             log_filter: "info".to_string(),
+            management_address: None,
             management_port: None,
             management_token: None,
             traffic_store: TrafficStore::File,
@@ -248,6 +253,16 @@ impl Settings {
             return invalid(
                 "repository_poll_secs and repository_rescan_secs must be at least 1".into(),
             );
+        }
+        if let Some(address) = &self.management_address {
+            if address.parse::<std::net::IpAddr>().is_err() {
+                return invalid(format!(
+                    "management_address '{address}' is not an IP address"
+                ));
+            }
+            if self.management_port.is_none() {
+                return invalid("management_address needs management_port".into());
+            }
         }
         if self.management_token.as_deref().is_some_and(str::is_empty) {
             return invalid("management_token is set but empty".into());

@@ -95,3 +95,37 @@ fn bad_settings_are_refused_with_the_reason() {
     .to_string();
     assert!(typo.contains("grpc_prot"), "{typo}");
 }
+
+#[test]
+fn management_settings_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().display().to_string();
+    let load = |pairs: &[(&str, &str)]| {
+        let mut all = vec![("SWITCHYARD_MODEL_REPOSITORY", repo.as_str())];
+        all.extend_from_slice(pairs);
+        Settings::load(None, env(&all), Vec::new())
+    };
+    let ok = load(&[
+        ("SWITCHYARD_MANAGEMENT_ADDRESS", "127.0.0.1"),
+        ("SWITCHYARD_MANAGEMENT_PORT", "9100"),
+        ("SWITCHYARD_MANAGEMENT_TOKEN", "t"),
+        ("SWITCHYARD_TRAFFIC_STORE", "memory"),
+    ])
+    .unwrap();
+    assert_eq!(ok.management_address.as_deref(), Some("127.0.0.1"));
+    assert_eq!(ok.management_port, Some(9100));
+    assert_eq!(ok.traffic_store, TrafficStore::Memory);
+    let error = |pairs: &[(&str, &str)]| load(pairs).unwrap_err().to_string();
+    assert!(
+        error(&[("SWITCHYARD_MANAGEMENT_ADDRESS", "127.0.0.1")]).contains("needs management_port")
+    );
+    assert!(
+        error(&[
+            ("SWITCHYARD_MANAGEMENT_ADDRESS", "internal"),
+            ("SWITCHYARD_MANAGEMENT_PORT", "1")
+        ])
+        .contains("'internal' is not an IP address")
+    );
+    assert!(error(&[("SWITCHYARD_MANAGEMENT_TOKEN", "")]).contains("set but empty"));
+    assert!(error(&[("SWITCHYARD_TRAFFIC_STORE", "disk")]).contains("disk"));
+}
