@@ -11,7 +11,6 @@ use crate::executor::runner::Execution;
 use crate::schema::ModelSchema;
 use crate::telemetry::request_spans;
 use crate::tensor::{InferRequest, InferResponse};
-use opentelemetry::trace::TraceContextExt;
 
 use super::stats::{Timings, VersionStats};
 
@@ -98,19 +97,18 @@ impl ModelVersion {
         })
     }
 
-    /// Records the request's queue and execution spans, and for a request run alone (no
-    /// batcher) its batch span, when the request is traced.
+    /// Records the request's queue and execution spans when the request is traced. A request
+    /// run alone (no batcher) is its own batch: its `execute` span carries the batch's size and
+    /// instance, and no separate batch span is made for it.
     fn trace_execution(&self, execution: &Execution) {
-        let Some(parent) = request_spans::current() else {
-            return;
-        };
-        let mut run = execution.run.clone();
-        if run.batch_span.is_none() {
-            let request = parent.span().span_context().clone();
-            let subject = format!("model '{}' version {}", self.model, self.version);
-            run.batch_span = request_spans::batch(&subject, &run, execution.phases, &[request]);
+        if let Some(parent) = request_spans::current() {
+            request_spans::request_phases(
+                &parent,
+                execution.queue,
+                execution.phases,
+                &execution.run,
+            );
         }
-        request_spans::request_phases(&parent, execution.queue, execution.phases, &run);
     }
 
     fn failed(&self, started: Instant, error: ExecError) -> Error {
