@@ -9,6 +9,7 @@ pub mod lifecycle;
 pub mod reconciler;
 pub mod resolve;
 pub mod stats;
+mod swap;
 pub mod traffic;
 pub mod version;
 mod warmup;

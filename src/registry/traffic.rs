@@ -16,7 +16,7 @@ use crate::routing::history::Cause;
 use crate::routing::policy::{self, RolloutPhase, RolloutState, TrafficPolicy};
 use crate::routing::{PolicySource, TrafficState};
 
-use super::{ModelSnapshot, Registry, lifecycle};
+use super::{ModelSnapshot, Registry, lifecycle, swap};
 
 /// The versions a policy sends traffic to or needs loaded: the pin, weighted versions, the
 /// shadow, and both sides of a rollout in progress.
@@ -97,9 +97,9 @@ pub(super) async fn publish_with_current_policy(
     }
     let snapshot = snapshot.with_traffic(traffic);
     warn_about_news(name, current, &snapshot);
-    let changed = !lifecycle::same_snapshot(current, &snapshot);
+    let changed = !swap::same_snapshot(current, &snapshot);
     if changed {
-        lifecycle::log_swap_and_count(registry, name, current, &snapshot);
+        swap::log_swap_and_count(registry, name, current, &snapshot);
         registry.publish(name, snapshot);
     }
     changed
