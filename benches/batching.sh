@@ -49,27 +49,8 @@ OUT=${BATCH_OUT:-$(mktemp -d -t switchyard-batching.XXXXXX)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-# Each server runs in its own session (setsid), so its whole process group can be stopped:
-# Triton's python-backend stubs included.
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 100); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL -- "-$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { echo "batching: $*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# log, die, free_port, and PIDS stopped (process groups) at exit.
+source "$ROOT/benches/lib.sh" batching
 
 SRC=model_repository/$MODEL
 [[ -f $SRC/config.pbtxt ]] || die "$SRC/config.pbtxt missing"
@@ -185,17 +166,7 @@ setsid "$SY" serve --model-repository "$OUT/repo" --grpc-address 127.0.0.1 --grp
 PIDS+=($!)
 for _ in $(seq 600); do
     kill -0 "${PIDS[-1]}" 2>/dev/null || die "switchyard exited early; see $OUT/switchyard.log"
-    ADDR[switchyard]=$(python3 -c '
-import json, sys
-for line in open(sys.argv[1]):
-    try:
-        r = json.loads(line)
-    except ValueError:
-        continue
-    f = r.get("fields", {})
-    if f.get("message") == "listening" and f.get("service") == "grpc":
-        print(f["addr"]); break
-' "$OUT/switchyard.log")
+    ADDR[switchyard]=$(listening_addr "$OUT/switchyard.log")
     [[ -n ${ADDR[switchyard]} ]] && break
     sleep 0.1
 done

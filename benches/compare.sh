@@ -30,27 +30,8 @@ MODEL=simple
 OUT=${COMPARE_OUT:-$(mktemp -d -t switchyard-compare.XXXXXX)}
 mkdir -p "$OUT"
 
-# Each server runs in its own session (setsid), so its whole process group can be stopped:
-# Triton's python-backend stubs included.
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 100); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL -- "-$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { echo "compare: $*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# log, die, free_port, and PIDS stopped (process groups) at exit.
+source "$ROOT/benches/lib.sh" compare
 
 # wait_ready NAME PID HOSTPORT: until ServerReady, and ModelReady(simple) unless UNIMPLEMENTED.
 wait_ready() {

@@ -39,6 +39,9 @@ TARGETS=(${ROUTING_TARGETS:-single sticky single3 split3})
 OUT=${ROUTING_OUT:-$(mktemp -d -t switchyard-routing.XXXXXX)}
 mkdir -p "$OUT"
 
+# log, die, listening_addr (its traps are replaced below: one daemon at a time, in PID).
+source "$ROOT/benches/lib.sh" routing
+
 PID=
 stop_daemon() {
     if [[ -n $PID ]]; then
@@ -50,8 +53,6 @@ stop_daemon() {
 trap stop_daemon EXIT
 trap 'exit 130' INT TERM
 
-log() { echo "routing: $*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 SY=${ROUTING_BIN:-$ROOT/target/release/switchyard}
 if [[ -z ${ROUTING_SKIP_BUILD:-} && -z ${ROUTING_BIN:-} ]]; then
@@ -97,17 +98,7 @@ start_daemon() {
     ADDR=
     for _ in $(seq 600); do
         kill -0 "$PID" 2>/dev/null || die "switchyard exited early; see $logf"
-        ADDR=$(python3 -c '
-import json, sys
-for line in open(sys.argv[1]):
-    try:
-        r = json.loads(line)
-    except ValueError:
-        continue
-    f = r.get("fields", {})
-    if f.get("message") == "listening" and f.get("service") == "grpc":
-        print(f["addr"]); break
-' "$logf")
+        ADDR=$(listening_addr "$logf")
         [[ -n $ADDR ]] && break
         sleep 0.1
     done

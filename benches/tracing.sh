@@ -9,9 +9,8 @@ ROUNDS=${TRACING_ROUNDS:-3}
 SECS=${TRACING_SECS:-5}
 CONCURRENCY=${TRACING_CONCURRENCY:-8}
 OUT=$(mktemp -d -t switchyard-tracing.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+# log, die, listening_addr, and PIDS stopped (process groups) at exit.
+source benches/lib.sh tracing
 
 cargo build --release --quiet
 SINK=$(cargo bench --bench otlp_sink --no-run --message-format=json 2>/dev/null \
@@ -22,25 +21,32 @@ for line in sys.stdin:
         print(m["executable"])' | tail -1)
 [ -x "$SINK" ] || { echo "tracing: cannot find the otlp_sink bench binary" >&2; exit 1; }
 
-"$SINK" --port 0 >"$OUT/sink.out" 2>"$OUT/sink.err" &
+setsid "$SINK" --port 0 >"$OUT/sink.out" 2>"$OUT/sink.err" &
 PIDS+=($!)
 until grep -q listening "$OUT/sink.out" 2>/dev/null; do sleep 0.1; done
 SINK_ADDR=$(awk '/listening/ {print $2}' "$OUT/sink.out")
 
-start_daemon() { # NAME EXTRA_ARGS...
+# start_daemon NAME EXTRA_ARGS...: starts a daemon in its own session (its PID kept in PIDS, in
+# this shell, so it is stopped at exit); wait_addr NAME then prints its gRPC address.
+start_daemon() {
     local name=$1; shift
-    target/release/switchyard serve --model-repository model_repository --grpc-address 127.0.0.1 \
+    setsid target/release/switchyard serve --model-repository model_repository --grpc-address 127.0.0.1 \
         --grpc-port 0 --metrics-port 0 --model-control-mode none --log-format json "$@" >"$OUT/$name.log" 2>&1 &
     PIDS+=($!)
-    until grep -q '"service":"grpc"' "$OUT/$name.log" 2>/dev/null; do sleep 0.1; done
-    python3 -c 'import json,sys
-for line in open(sys.argv[1]):
-    try: f = json.loads(line)["fields"]
-    except Exception: continue
-    if f.get("message") == "listening" and f.get("service") == "grpc": print(f["addr"]); break' "$OUT/$name.log"
 }
-OFF=$(start_daemon off)
-ON=$(start_daemon on --otlp-endpoint "http://$SINK_ADDR" --trace-sampling-ratio 1.0)
+wait_addr() {
+    local addr=
+    for _ in $(seq 600); do
+        addr=$(listening_addr "$OUT/$1.log")
+        [ -n "$addr" ] && { echo "$addr"; return; }
+        sleep 0.1
+    done
+    die "$1 did not log its address; see $OUT/$1.log"
+}
+start_daemon off
+start_daemon on --otlp-endpoint "http://$SINK_ADDR" --trace-sampling-ratio 1.0
+OFF=$(wait_addr off)
+ON=$(wait_addr on)
 
 for round in $(seq "$ROUNDS"); do
     for target in off on; do
