@@ -73,7 +73,12 @@ impl Batcher {
         let subject: Arc<str> = subject.into();
         let (done, finished) = mpsc::unbounded_channel();
         let task = Task {
-            queues: config.levels.iter().map(|_| VecDeque::new()).collect(),
+            // Per level: its queue, then its delayed requests (DELAY timeout action).
+            queues: config
+                .levels
+                .iter()
+                .flat_map(|_| [VecDeque::new(), VecDeque::new()])
+                .collect(),
             config: Arc::clone(&config),
             queued: Arc::clone(&queued),
             subject: Arc::clone(&subject),
@@ -220,7 +225,7 @@ impl Task {
     }
 
     fn push(&mut self, pending: Pending) {
-        self.queues[pending.level].push_back(pending);
+        self.queues[2 * pending.level].push_back(pending);
     }
 
     /// Drops expired and abandoned requests, then runs every batch the policy allows; returns when
@@ -363,29 +368,40 @@ impl Task {
     /// earliest deadline still waiting.
     fn expire(&mut self, now: Instant) -> Option<Instant> {
         let mut earliest: Option<Instant> = None;
-        for level in 0..self.queues.len() {
-            let leaving = self.queues[level]
+        for index in 0..self.queues.len() {
+            let leaving = self.queues[index]
                 .iter()
                 .any(|p| p.reply.is_closed() || p.deadline.is_some_and(|d| d <= now));
             if leaving {
-                let queue = std::mem::take(&mut self.queues[level]);
+                let queue = std::mem::take(&mut self.queues[index]);
                 for pending in queue {
-                    if let Some(kept) = self.leave_if_done(pending, now) {
-                        self.queues[level].push_back(kept);
+                    match self.leave_if_done(pending, now) {
+                        Stay::Queued(kept) => self.queues[index].push_back(kept),
+                        Stay::Delayed(late) => self.queues[index | 1].push_back(late),
+                        Stay::Gone => {}
                     }
                 }
             }
-            for deadline in self.queues[level].iter().filter_map(|p| p.deadline) {
+            for deadline in self.queues[index].iter().filter_map(|p| p.deadline) {
                 earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
             }
         }
         earliest
     }
 
-    fn leave_if_done(&self, pending: Pending, now: Instant) -> Option<Pending> {
+    /// What becomes of a queued request: it stays, it expired and is delayed (DELAY), or it
+    /// leaves — answered DEADLINE_EXCEEDED (REJECT), or abandoned by its caller.
+    fn leave_if_done(&self, mut pending: Pending, now: Instant) -> Stay {
         let expired = pending.deadline.is_some_and(|d| d <= now);
         if !expired && !pending.reply.is_closed() {
-            return Some(pending);
+            return Stay::Queued(pending);
+        }
+        if expired
+            && !pending.reply.is_closed()
+            && !self.config.levels[pending.level].reject_on_timeout
+        {
+            pending.deadline = None;
+            return Stay::Delayed(pending);
         }
         self.queued[pending.level].fetch_sub(1, Ordering::AcqRel);
         if expired {
@@ -396,8 +412,15 @@ impl Task {
                 waited.as_micros()
             ))));
         }
-        None
+        Stay::Gone
     }
+}
+
+/// See [`Task::leave_if_done`].
+enum Stay {
+    Queued(Pending),
+    Delayed(Pending),
+    Gone,
 }
 
 #[cfg(test)]

@@ -238,6 +238,58 @@ async fn a_full_queue_refuses_and_a_timeout_removes_the_request() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn with_delay_an_expired_request_runs_after_the_others() {
+    let delaying = QueuePolicy {
+        reject_on_timeout: false,
+        ..unbounded()
+    };
+    let config = Arc::new(DynamicConfig {
+        policy: BatchPolicy {
+            max_batch_size: 1,
+            preferred: Vec::new(),
+            max_queue_delay: Duration::ZERO,
+        },
+        preserve_ordering: false,
+        levels: vec![delaying],
+        default_level: 0,
+    });
+    let h = Harness::new(config, 1);
+    // The one instance is busy with the first request; the next three wait.
+    let busy = h.send(0, 1, None);
+    h.settle().await;
+    let first = h.jobs.try_recv().expect("the first request runs at once");
+    let timed = h.send(1, 1, Some(5 * MS));
+    let others: Vec<_> = (2..4).map(|i| h.send(i, 1, None)).collect();
+    h.settle().await;
+    tokio::time::advance(6 * MS).await;
+    h.settle().await;
+    // Expired, but delayed rather than rejected: nothing was answered.
+    assert!(!timed.is_finished(), "a DELAY request is not rejected");
+    let mut order = Vec::new();
+    Harness::answer(first);
+    for _ in 0..3 {
+        h.settle().await;
+        let job = h.jobs.try_recv().expect("the next request runs");
+        order.push(i32::from_le_bytes(
+            job.requests[0][0].as_ref().unwrap().data[..4]
+                .try_into()
+                .unwrap(),
+        ));
+        Harness::answer(job);
+    }
+    assert_eq!(
+        order,
+        vec![2, 3, 1],
+        "the expired request runs after those still in time"
+    );
+    assert_eq!(value(&busy.await.unwrap().unwrap()), 0);
+    assert_eq!(value(&timed.await.unwrap().unwrap()), 1);
+    for (call, v) in others.into_iter().zip(2..) {
+        assert_eq!(value(&call.await.unwrap().unwrap()), v);
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn higher_priority_requests_run_first() {
     let levels = vec![unbounded(), unbounded()];
     let config = Arc::new(DynamicConfig {

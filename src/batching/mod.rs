@@ -54,7 +54,8 @@ pub struct QueuePolicy {
     pub default_timeout: Option<Duration>,
     /// Whether a request's own timeout replaces the default.
     pub allow_timeout_override: bool,
-    /// Whether an expired request is rejected (REJECT); with DELAY it is never rejected.
+    /// Whether an expired request is rejected (REJECT); with DELAY it is moved behind every
+    /// request of its level (and the levels above) that has not expired, and run after them.
     pub reject_on_timeout: bool,
 }
 
@@ -71,11 +72,8 @@ impl QueuePolicy {
     }
 
     /// The timeout a request gets: its own where allowed (or where no default is set), else the
-    /// default; none when expired requests are delayed rather than rejected.
+    /// default.
     pub fn timeout(&self, requested: Option<Duration>) -> Option<Duration> {
-        if !self.reject_on_timeout {
-            return None;
-        }
         match (requested, self.default_timeout) {
             (Some(own), None) => Some(own),
             (Some(own), Some(_)) if self.allow_timeout_override => Some(own),
