@@ -179,20 +179,8 @@ TARGETS=(switchyard/batched switchyard/unbatched)
 
 # --- Triton ---
 if [[ $TRITON == 1 ]]; then
-    TS=$(echo "$ROOT/$VENV"/lib/python3*/site-packages/pytriton/tritonserver)
-    [[ -x $TS/bin/tritonserver ]] || die "tritonserver not found under $TS"
-    PYV=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-    # The python backend looks for its stub beside libtriton_python.so.
-    cp -n "$TS/python_backend_stubs/$PYV/triton_python_backend_stub" "$TS/backends/python/" 2>/dev/null || true
-    TG=$(free_port) TH=$(free_port) TM=$(free_port)
-    log "starting triton (grpc $TG, http $TH, metrics $TM)"
-    # The venv first on PATH: the stub process imports numpy and onnxruntime from it.
-    PATH=$ROOT/$VENV/bin:$PATH PYTHONPATH=$TS/backends/python \
-        setsid "$TS/bin/tritonserver" --model-repository="$OUT/triton_repo" \
-        --backend-directory="$TS/backends" --cache-directory="$TS/caches" \
-        --grpc-port "$TG" --http-port "$TH" --metrics-port "$TM" >"$OUT/triton.log" 2>&1 &
-    PIDS+=($!)
-    ADDR[triton]=127.0.0.1:$TG
+    start_triton "$ROOT/$VENV" "$OUT/triton_repo" "$OUT/triton.log"
+    ADDR[triton]=$TRITON_ADDR
     wait_ready triton "${PIDS[-1]}" "${ADDR[triton]}" "${MODEL}_batched" "${MODEL}_unbatched"
     TARGETS+=(triton/batched)
     [[ $TRITON_UNBATCHED == 1 ]] && TARGETS+=(triton/unbatched)

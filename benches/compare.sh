@@ -90,19 +90,8 @@ fi
 declare -A ADDR
 # --- Triton ---
 if [[ " ${TARGETS[*]} " == *" triton "* ]]; then
-    TS=$(echo "$ROOT/$VENV"/lib/python3*/site-packages/pytriton/tritonserver)
-    [[ -x $TS/bin/tritonserver ]] || die "tritonserver not found under $TS"
-    PYV=$("$VENV/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-    # The python backend looks for its stub beside libtriton_python.so.
-    cp -n "$TS/python_backend_stubs/$PYV/triton_python_backend_stub" "$TS/backends/python/" 2>/dev/null || true
-    TG=$(free_port) TH=$(free_port) TM=$(free_port)
-    log "starting triton (grpc $TG, http $TH, metrics $TM)"
-    PATH=$ROOT/$VENV/bin:$PATH PYTHONPATH=$TS/backends/python \
-        setsid "$TS/bin/tritonserver" --model-repository="$ROOT/benches/triton" \
-        --backend-directory="$TS/backends" --cache-directory="$TS/caches" \
-        --grpc-port "$TG" --http-port "$TH" --metrics-port "$TM" >"$OUT/triton.log" 2>&1 &
-    PIDS+=($!)
-    ADDR[triton]=127.0.0.1:$TG
+    start_triton "$ROOT/$VENV" "$ROOT/benches/triton" "$OUT/triton.log"
+    ADDR[triton]=$TRITON_ADDR
     wait_ready triton "${PIDS[-1]}" "${ADDR[triton]}"
 fi
 

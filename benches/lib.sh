@@ -41,3 +41,24 @@ bench_cleanup() {
 }
 trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
+
+# start_triton VENV REPO LOG: starts NVIDIA Triton from nvidia-pytriton installed in VENV (an
+# absolute path) on free ports, serving REPO with the python backend; its PID goes to PIDS and its
+# gRPC address to TRITON_ADDR. The caller waits for readiness.
+start_triton() {
+    local venv=$1 repo=$2 logf=$3 ts pyv tg th tm
+    ts=$(echo "$venv"/lib/python3*/site-packages/pytriton/tritonserver)
+    [[ -x $ts/bin/tritonserver ]] || die "tritonserver not found under $ts"
+    pyv=$("$venv/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    # The python backend looks for its stub beside libtriton_python.so.
+    cp -n "$ts/python_backend_stubs/$pyv/triton_python_backend_stub" "$ts/backends/python/" 2>/dev/null || true
+    tg=$(free_port) th=$(free_port) tm=$(free_port)
+    log "starting triton (grpc $tg, http $th, metrics $tm)"
+    # The venv first on PATH: the stub process imports numpy (and onnxruntime) from it.
+    PATH=$venv/bin:$PATH PYTHONPATH=$ts/backends/python \
+        setsid "$ts/bin/tritonserver" --model-repository="$repo" \
+        --backend-directory="$ts/backends" --cache-directory="$ts/caches" \
+        --grpc-port "$tg" --http-port "$th" --metrics-port "$tm" >"$logf" 2>&1 &
+    PIDS+=($!)
+    TRITON_ADDR=127.0.0.1:$tg
+}

@@ -27,6 +27,20 @@ fn config(delay: Duration, levels: Vec<QueuePolicy>) -> Arc<DynamicConfig> {
     })
 }
 
+/// Batches of one request, run as soon as an instance is free.
+fn one_at_a_time(levels: Vec<QueuePolicy>, default_level: usize) -> DynamicConfig {
+    DynamicConfig {
+        policy: BatchPolicy {
+            max_batch_size: 1,
+            preferred: Vec::new(),
+            max_queue_delay: Duration::ZERO,
+        },
+        preserve_ordering: false,
+        levels,
+        default_level,
+    }
+}
+
 fn unbounded() -> QueuePolicy {
     QueuePolicy {
         max_queue_size: 0,
@@ -243,16 +257,7 @@ async fn with_delay_an_expired_request_runs_after_the_others() {
         reject_on_timeout: false,
         ..unbounded()
     };
-    let config = Arc::new(DynamicConfig {
-        policy: BatchPolicy {
-            max_batch_size: 1,
-            preferred: Vec::new(),
-            max_queue_delay: Duration::ZERO,
-        },
-        preserve_ordering: false,
-        levels: vec![delaying],
-        default_level: 0,
-    });
+    let config = Arc::new(one_at_a_time(vec![delaying], 0));
     let h = Harness::new(config, 1);
     // The one instance is busy with the first request; the next three wait.
     let busy = h.send(0, 1, None);
@@ -291,17 +296,7 @@ async fn with_delay_an_expired_request_runs_after_the_others() {
 
 #[tokio::test(start_paused = true)]
 async fn higher_priority_requests_run_first() {
-    let levels = vec![unbounded(), unbounded()];
-    let config = Arc::new(DynamicConfig {
-        policy: BatchPolicy {
-            max_batch_size: 1,
-            preferred: Vec::new(),
-            max_queue_delay: Duration::ZERO,
-        },
-        preserve_ordering: false,
-        levels,
-        default_level: 1,
-    });
+    let config = Arc::new(one_at_a_time(vec![unbounded(), unbounded()], 1));
     let h = Harness::new(config, 1);
     let batcher = Arc::clone(&h.batcher);
     let blocker = h.send(0, 1, None);
@@ -357,14 +352,8 @@ async fn a_failed_batch_fails_only_its_requests() {
 #[tokio::test(start_paused = true)]
 async fn preserve_ordering_holds_later_batches_back() {
     let config = Arc::new(DynamicConfig {
-        policy: BatchPolicy {
-            max_batch_size: 1,
-            preferred: Vec::new(),
-            max_queue_delay: Duration::ZERO,
-        },
         preserve_ordering: true,
-        levels: vec![unbounded()],
-        default_level: 0,
+        ..one_at_a_time(vec![unbounded()], 0)
     });
     let h = Harness::new(config, 2);
     let first = h.send(1, 1, None);
