@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 use crate::config::{ModelControlMode, Settings, TrafficStore};
-use crate::executor::cpu::OnnxCpu;
+use crate::executor::Onnx;
 use crate::grpc;
 use crate::registry::{Registry, lifecycle, reconciler};
 use crate::repository::watcher::{self, RepositoryWatcher, Trigger};
@@ -37,7 +37,7 @@ pub enum AppError {
 /// Builds the registry and loads the models that the control mode asks for at start-up.
 pub async fn load_registry(settings: &Settings) -> Result<Arc<Registry>, AppError> {
     let registry = Arc::new(
-        Registry::new(settings.model_repository.clone(), Arc::new(OnnxCpu))
+        Registry::new(settings.model_repository.clone(), Arc::new(Onnx::default()))
             .with_memory_only_traffic(settings.traffic_store == TrafficStore::Memory),
     );
     let names = match settings.model_control_mode {

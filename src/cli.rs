@@ -192,6 +192,14 @@ pub fn serve(settings: Settings) -> ExitCode {
             .await
             .map_err(|e| e.to_string())
     });
+    // The models are unloaded; let their instance threads release what they hold (GPU memory,
+    // streams, cuBLAS handles) while the CUDA libraries are still loaded, before exiting.
+    if !switchyard::executor::runner::wait_for_instances(INSTANCE_EXIT_WAIT) {
+        tracing::warn!(
+            live = switchyard::executor::runner::live_instances(),
+            "model instances still running at exit"
+        );
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -201,6 +209,9 @@ pub fn serve(settings: Settings) -> ExitCode {
         }
     }
 }
+
+/// How long the process waits at exit for model instances to finish releasing their resources.
+const INSTANCE_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
 /// future is first polled, so a signal that arrives while models are still loading is not lost
@@ -273,6 +284,9 @@ pub fn repo_check(dir: PathBuf) -> ExitCode {
             }
         }
     }
+    // Unload before exiting, and let the instances release what they hold (see `serve`).
+    drop(registry);
+    switchyard::executor::runner::wait_for_instances(INSTANCE_EXIT_WAIT);
     if failures == 0 {
         ExitCode::SUCCESS
     } else {
@@ -290,7 +304,7 @@ struct GpuCheck {
 /// can run its graph. `None` for other models.
 fn gpu_check(dir: &std::path::Path, name: &str, reason: &str) -> Option<GpuCheck> {
     use switchyard::executor::{cuda, gpu_plan::Program};
-    let refusal = cuda::gpu_load_refusal();
+    let refusal = cuda::gpu_load_refusal()?;
     if !reason.contains(&refusal) {
         return None;
     }

@@ -142,6 +142,7 @@ impl Backend for OnnxCpu {
 
     fn load(
         &self,
+        _config: &ModelConfig,
         schema: &Arc<ModelSchema>,
         model_file: &Path,
     ) -> Result<Arc<dyn LoadedModel>, String> {

@@ -25,12 +25,52 @@ pub trait Backend: Send + Sync {
     /// Completes a configuration from the model file, for models shipped without `config.pbtxt`.
     fn complete_config(&self, model: &str, model_file: &Path) -> Result<ModelConfig, String>;
 
-    /// Loads one version's model file against its checked schema.
+    /// Loads one version's model file against its checked schema and its configuration.
     fn load(
         &self,
+        config: &ModelConfig,
         schema: &Arc<ModelSchema>,
         model_file: &Path,
     ) -> Result<Arc<dyn LoadedModel>, String>;
+}
+
+/// ONNX models: on the CPU through tract, or on GPUs through the CUDA executor when the
+/// configuration's instance groups are KIND_GPU.
+#[derive(Debug, Default)]
+pub struct Onnx {
+    cpu: cpu::OnnxCpu,
+}
+
+impl Backend for Onnx {
+    fn name(&self) -> &'static str {
+        "onnx"
+    }
+
+    fn complete_config(&self, model: &str, model_file: &Path) -> Result<ModelConfig, String> {
+        self.cpu.complete_config(model, model_file)
+    }
+
+    fn load(
+        &self,
+        config: &ModelConfig,
+        schema: &Arc<ModelSchema>,
+        model_file: &Path,
+    ) -> Result<Arc<dyn LoadedModel>, String> {
+        if wants_gpu(config) {
+            cuda::load(config, schema, model_file)
+        } else {
+            self.cpu.load(config, schema, model_file)
+        }
+    }
+}
+
+/// Whether any instance group of the configuration is KIND_GPU.
+pub fn wants_gpu(config: &ModelConfig) -> bool {
+    use crate::proto::inference::model_instance_group::Kind;
+    config
+        .instance_group
+        .iter()
+        .any(|g| g.kind == Kind::Gpu as i32)
 }
 
 /// A loaded model version, shared by its instances.

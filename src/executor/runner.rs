@@ -5,7 +5,7 @@
 //! the channel is dropped the threads finish their current job and exit, releasing the model.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
@@ -17,6 +17,43 @@ use crate::telemetry::request_spans::RunInfo;
 use crate::tensor::Tensor;
 
 use super::{ExecError, Instance, LoadedModel, Phases};
+
+/// Instance threads alive in this process.
+static LIVE: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// Counts an instance thread from before it is spawned until it has dropped its instance.
+struct Alive;
+
+impl Alive {
+    fn new() -> Alive {
+        *LIVE.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        Alive
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        *LIVE.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        LIVE.1.notify_all();
+    }
+}
+
+/// Instance threads alive now.
+pub fn live_instances() -> usize {
+    *LIVE.0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waits until every instance thread has exited (their models unloaded), at most `timeout`;
+/// whether they all did. The process calls this before exiting, so that instances holding GPU
+/// resources release them while the CUDA libraries are still loaded.
+pub fn wait_for_instances(timeout: Duration) -> bool {
+    let guard = LIVE.0.lock().unwrap_or_else(|e| e.into_inner());
+    let (guard, _) = LIVE
+        .1
+        .wait_timeout_while(guard, timeout, |live| *live > 0)
+        .unwrap_or_else(|e| e.into_inner());
+    *guard == 0
+}
 
 /// What an instance reports back for one request run alone.
 #[derive(Debug)]
@@ -91,9 +128,13 @@ impl Runner {
             let queue = queue.clone();
             let model = Arc::clone(model);
             let observers = observers.clone();
+            let alive = Alive::new();
             std::thread::Builder::new()
                 .name(format!("{label}#{index}"))
-                .spawn(move || serve(model, (index, instance), queue, observers))
+                .spawn(move || {
+                    let _alive = alive;
+                    serve(model, (index, instance), queue, observers)
+                })
                 .map_err(|e| format!("cannot start instance thread: {e}"))?;
         }
         Ok(Runner { jobs, count })

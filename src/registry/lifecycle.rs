@@ -341,7 +341,7 @@ fn load_version(
     let _span = span.enter();
     let started = Instant::now();
     let loaded = backend
-        .load(schema, &found.file)
+        .load(config, schema, &found.file)
         .and_then(|model| warmup::run(config, &found.file, schema, &model).map(|()| model))
         .and_then(|model| Scheduler::start(&model, scheduling, (name, version), drain.clone()))
         .map(|scheduler| {

@@ -96,23 +96,34 @@ fn group_label(index: usize, name: &str) -> String {
     }
 }
 
-/// Refuses KIND_GPU instance groups (with the GPU probe's reason) until the CUDA executor runs
-/// models. Checked after everything else resolved, so that a GPU model refused here has nothing
-/// else wrong with its configuration: `repo check` relies on this to tell a model that only
-/// lacks a GPU from a broken one.
+/// Refuses KIND_GPU instance groups (with the GPU probe's reason) on a machine where the CUDA
+/// executor cannot run. Checked after everything else resolved, so that a GPU model refused here
+/// has nothing else wrong with its configuration: `repo check` relies on this to tell a model
+/// that only lacks a GPU from a broken one.
 fn check_gpu(config: &ModelConfig) -> Result<(), String> {
-    match config
+    let Some((index, group)) = config
         .instance_group
         .iter()
         .enumerate()
         .find(|(_, g)| g.kind == Kind::Gpu as i32)
-    {
-        Some((index, group)) => Err(format!(
-            "instance group {}: {}",
-            group_label(index, &group.name),
-            crate::executor::cuda::gpu_load_refusal()
+    else {
+        return Ok(());
+    };
+    match crate::executor::cuda::gpu_load_refusal() {
+        Some(reason) => Err(format!(
+            "instance group {}: {reason}",
+            group_label(index, &group.name)
         )),
         None => Ok(()),
+    }
+}
+
+/// GPUs a KIND_GPU group places instances on: those it lists, else every GPU found.
+fn gpus_of(group: &crate::proto::inference::ModelInstanceGroup) -> usize {
+    if group.gpus.is_empty() {
+        crate::executor::cuda::gpus().gpus.len().max(1)
+    } else {
+        group.gpus.len()
     }
 }
 
@@ -121,7 +132,14 @@ fn instance_count(config: &ModelConfig) -> usize {
     let total: usize = config
         .instance_group
         .iter()
-        .map(|g| if g.count == 0 { 1 } else { g.count as usize })
+        .map(|g| {
+            let count = if g.count == 0 { 1 } else { g.count as usize };
+            if g.kind == Kind::Gpu as i32 {
+                count * gpus_of(g)
+            } else {
+                count
+            }
+        })
         .sum();
     total.max(1)
 }

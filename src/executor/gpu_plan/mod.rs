@@ -12,6 +12,7 @@ pub mod buffers;
 pub mod fusion;
 pub mod gemm;
 pub mod kernel_src;
+pub mod library_src;
 mod lower;
 pub mod onnx;
 mod ops;

@@ -218,6 +218,14 @@ impl<A: DeviceAllocator> MemoryPool<A> {
         )
     }
 
+    /// The blocks held now: (arena, staging).
+    pub fn blocks(&self) -> (Option<&A::Block>, Option<&A::Block>) {
+        (
+            self.arena.as_ref().map(|h| &h.block),
+            self.staging.as_ref().map(|h| &h.block),
+        )
+    }
+
     /// Bytes held now: (device, pinned host).
     pub fn held_bytes(&self) -> (usize, usize) {
         let bytes = |h: &Option<Held<A::Block>>| h.as_ref().map_or(0, |h| h.bytes);

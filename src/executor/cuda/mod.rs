@@ -1,8 +1,16 @@
-//! GPU discovery through cudarc with dynamic loading: the driver, NVRTC and cuBLAS libraries are
-//! opened at run time, so the build needs no CUDA toolkit and a machine without a GPU still runs.
-//! The CUDA executor that runs models on the GPU builds on this; until it exists, models asking
-//! for KIND_GPU fail to load with the reason this probe gives.
+//! The CUDA executor, through cudarc with dynamic loading: the driver, NVRTC and cuBLAS libraries
+//! are opened at run time, so the build needs no CUDA toolkit and a machine without a GPU still
+//! runs (models asking for KIND_GPU then fail to load with the reason the probe gives).
+//!
+//! `model` plans a graph (`gpu_plan`), compiles its kernels with NVRTC and uploads the weights per
+//! GPU; `instance` runs batches on a stream of its own; `driver` owns the raw resources.
 #![allow(unsafe_code)]
+
+pub mod driver;
+mod instance;
+pub mod model;
+
+pub use model::{GpuOptions, load};
 
 use std::sync::OnceLock;
 
@@ -93,15 +101,48 @@ fn list_gpus() -> Result<Vec<GpuInfo>, String> {
         .collect()
 }
 
-/// Why a KIND_GPU instance group cannot load here.
-pub fn gpu_load_refusal() -> String {
+/// Why a KIND_GPU instance group cannot load here, if it cannot: no GPU, or the NVRTC or cuBLAS
+/// library missing.
+pub fn gpu_load_refusal() -> Option<String> {
     let probe = gpus();
+    let missing = |what: &str| {
+        Some(format!(
+            "KIND_GPU needs the CUDA {what} library ({}), which was not found",
+            library_names(what)
+        ))
+    };
     match &probe.unavailable {
-        Some(reason) => format!("KIND_GPU needs a usable GPU: {reason}"),
-        None => format!(
-            "{} GPU(s) found, but the CUDA executor does not run models yet; use KIND_CPU",
-            probe.gpus.len()
-        ),
+        Some(reason) => Some(format!("KIND_GPU needs a usable GPU: {reason}")),
+        None if !probe.nvrtc => missing("NVRTC"),
+        None if !probe.cublas => missing("cuBLAS"),
+        None => None,
+    }
+}
+
+fn library_names(what: &str) -> &'static str {
+    match what {
+        "NVRTC" => "libnvrtc.so.13",
+        _ => "libcublas.so.13",
+    }
+}
+
+/// Holds a GPU's primary context and reads its memory use: tests of load/unload cycles keep one
+/// for their whole run, so that a leak cannot hide behind the context being torn down.
+pub struct DeviceMemory(std::sync::Arc<CudaContext>);
+
+impl DeviceMemory {
+    pub fn open(ordinal: usize) -> Result<DeviceMemory, String> {
+        if let Some(reason) = gpu_load_refusal() {
+            return Err(reason);
+        }
+        CudaContext::new(ordinal)
+            .map(DeviceMemory)
+            .map_err(|e| format!("GPU {ordinal}: {e:?}"))
+    }
+
+    /// Bytes of device memory in use on the GPU (total less free), by every process.
+    pub fn used(&self) -> Result<usize, String> {
+        driver::memory_info(&self.0).map(|(free, total)| total - free)
     }
 }
 
@@ -123,10 +164,9 @@ mod tests {
                 "{gpu:?}"
             );
         }
-        let refusal = gpu_load_refusal();
-        assert!(
-            refusal.contains("KIND_GPU") || refusal.contains("CUDA executor"),
-            "{refusal}"
-        );
+        match gpu_load_refusal() {
+            Some(refusal) => assert!(refusal.contains("KIND_GPU"), "{refusal}"),
+            None => assert!(probe.nvrtc && probe.cublas && !probe.gpus.is_empty()),
+        }
     }
 }
