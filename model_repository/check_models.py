@@ -122,7 +122,10 @@ def check_classifier():
 
 
 def check_tabular_mlp():
-    print("tabular_mlp")
+    print("tabular_mlp, tabular_mlp_gpu")
+    with open(model_path(REPO_DIR, "tabular_mlp"), "rb") as f, \
+            open(model_path(REPO_DIR, "tabular_mlp_gpu"), "rb") as g:
+        check(f.read() == g.read(), "tabular_mlp_gpu: differs from tabular_mlp")
     path = model_path(REPO_DIR, "tabular_mlp")
     check_names(REPO_DIR, "tabular_mlp", load_and_check(path))
     x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
@@ -162,8 +165,9 @@ def check_encoder():
         cpu_config = f.read()
     with open(os.path.join(REPO_DIR, "encoder_gpu", "config.pbtxt"), encoding="utf-8") as f:
         gpu_config = f.read()
-    check(cpu_config.replace('"encoder"', '"encoder_gpu"').replace("KIND_CPU", "KIND_GPU") == gpu_config,
-          "encoder_gpu: config differs from encoder's beyond name and kind")
+    twin = cpu_config.replace('"encoder"', '"encoder_gpu"').replace("KIND_CPU", "KIND_GPU")
+    check(twin + "optimization { cuda { graphs: true } }\n" == gpu_config,
+          "encoder_gpu: config differs from encoder's beyond name, kind and CUDA graphs")
     model = onnx.load(paths["encoder"])
     ops = {n.op_type for n in model.graph.node}
     check(ops <= GPU_OPS, f"encoder: operators outside the GPU set: {sorted(ops - GPU_OPS)}")

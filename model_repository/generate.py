@@ -18,9 +18,12 @@ Writes, relative to this script's directory:
     encoder/config.pbtxt, encoder/1/model.onnx
         one pre-LayerNorm transformer encoder block on INT64 token ids [32]
         (vocabulary 1000, d_model 64, 2 heads, feed-forward 256, erf Gelu,
-        opset 17 for LayerNormalization) -> FP32 [32, 64] (max_batch_size 64)
+        opset 17 for LayerNormalization) -> FP32 [32, 64] (max_batch_size 256)
     encoder_gpu/config.pbtxt, encoder_gpu/1/model.onnx
-        the same file with a KIND_GPU instance group
+        the same file with a KIND_GPU instance group and CUDA graphs
+    tabular_mlp_gpu/config.pbtxt, tabular_mlp_gpu/1/model.onnx
+        tabular_mlp's file with a KIND_GPU instance group, max_batch_size 256
+        and CUDA graphs
 
   ../tests/fixtures/models/              (test fixtures)
     identity_<type>/   Identity on INPUT0 [4] -> OUTPUT0 [4], max_batch_size 8,
@@ -281,6 +284,10 @@ ENCODER_DIM = 64
 ENCODER_HEADS = 2
 ENCODER_FF = 256
 ENCODER_SEED = 7007
+# The GPU twins (and the CPU encoder) take batches up to 256; the GPU twins replay one CUDA graph
+# per batch size.
+GPU_MAX_BATCH_SIZE = 256
+GPU_GRAPHS = "optimization { cuda { graphs: true } }\n"
 
 
 def build_encoder(seed):
@@ -614,6 +621,19 @@ def main():
         REPO_DIR, "tabular_mlp", "config.pbtxt",
     )
 
+    # The same MLP on a GPU, batches up to 256, with CUDA graphs.
+    emit_model(build_classifier(TABULAR_MLP_SEED, TABULAR_MLP_SIZES, "tabular_mlp"),
+               REPO_DIR, "tabular_mlp_gpu", "1", "model.onnx")
+    emit_config(
+        config_pbtxt(
+            "tabular_mlp_gpu", GPU_MAX_BATCH_SIZE,
+            [("features", "TYPE_FP32", [64])],
+            [("probabilities", "TYPE_FP32", [10])],
+            kind="KIND_GPU",
+        ) + GPU_GRAPHS,
+        REPO_DIR, "tabular_mlp_gpu", "config.pbtxt",
+    )
+
     emit_model(build_digits_cnn(DIGITS_CNN_SEED), REPO_DIR, "digits_cnn", "1", "model.onnx")
     emit_config(
         config_pbtxt(
@@ -624,17 +644,17 @@ def main():
         REPO_DIR, "digits_cnn", "config.pbtxt",
     )
 
-    # The same encoder file twice: served on the CPU, and asking for a GPU.
+    # The same encoder file twice: served on the CPU, and on a GPU (with CUDA graphs).
     encoder = build_encoder(ENCODER_SEED)
-    for name, kind in [("encoder", "KIND_CPU"), ("encoder_gpu", "KIND_GPU")]:
+    for name, kind, extra in [("encoder", "KIND_CPU", ""), ("encoder_gpu", "KIND_GPU", GPU_GRAPHS)]:
         emit_model(encoder, REPO_DIR, name, "1", "model.onnx")
         emit_config(
             config_pbtxt(
-                name, 64,
+                name, GPU_MAX_BATCH_SIZE,
                 [("tokens", "TYPE_INT64", [ENCODER_SEQ])],
                 [("embeddings", "TYPE_FP32", [ENCODER_SEQ, ENCODER_DIM])],
                 kind=kind,
-            ),
+            ) + extra,
             REPO_DIR, name, "config.pbtxt",
         )
 

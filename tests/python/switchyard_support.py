@@ -26,7 +26,7 @@ FIXTURE_MODELS = REPO_ROOT / "tests" / "fixtures" / "models"
 SHIPPED_MODELS = ("simple", "simple_string", "classifier", "tabular_mlp", "digits_cnn", "encoder")
 # Shipped models that need a GPU: kept out of the shared repository, whose models must all serve
 # everywhere; test_encoder.py starts a daemon of its own with them.
-SHIPPED_GPU_MODELS = ("encoder_gpu",)
+SHIPPED_GPU_MODELS = ("encoder_gpu", "tabular_mlp_gpu")
 
 # How long the daemon may take to load every model and start listening.
 START_TIMEOUT_S = float(os.environ.get("SWITCHYARD_START_TIMEOUT", "60"))
