@@ -161,16 +161,9 @@ EOF
 
 declare -A ADDR
 # --- switchyard, on a port it picks; its JSON `listening` line gives the address ---
-setsid "$SY" serve --model-repository "$OUT/repo" --grpc-address 127.0.0.1 --grpc-port 0 \
-    --metrics-port 0 --log-format json >"$OUT/switchyard.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 600); do
-    kill -0 "${PIDS[-1]}" 2>/dev/null || die "switchyard exited early; see $OUT/switchyard.log"
-    ADDR[switchyard]=$(listening_addr "$OUT/switchyard.log")
-    [[ -n ${ADDR[switchyard]} ]] && break
-    sleep 0.1
-done
-[[ -n ${ADDR[switchyard]} ]] || die "switchyard did not log its address; see $OUT/switchyard.log"
+start_switchyard "$SY" "$OUT/repo" "$OUT/switchyard.log"
+PIDS+=("$SY_PID")
+ADDR[switchyard]=$SY_ADDR
 if [[ -n $PY ]]; then
     wait_ready switchyard "${PIDS[-1]}" "${ADDR[switchyard]}" "${MODEL}_batched" "${MODEL}_unbatched"
 fi

@@ -29,6 +29,25 @@ for line in open(sys.argv[1]):
 ' "$1"
 }
 
+# start_switchyard BIN REPO LOG [SERVE_ARGS...]: serves REPO on ports it picks, in a process group
+# of its own; sets SY_PID, and SY_ADDR from its `listening` line (logged once the models are
+# loaded). The caller stops it (PIDS, or a trap of its own).
+start_switchyard() {
+    local bin=$1 repo=$2 logf=$3
+    shift 3
+    setsid "$bin" serve --model-repository "$repo" --grpc-address 127.0.0.1 --grpc-port 0 \
+        --metrics-port 0 --log-format json "$@" >"$logf" 2>&1 &
+    SY_PID=$!
+    SY_ADDR=
+    for _ in $(seq 1200); do
+        kill -0 "$SY_PID" 2>/dev/null || die "switchyard exited early; see $logf"
+        SY_ADDR=$(listening_addr "$logf")
+        [[ -n $SY_ADDR ]] && break
+        sleep 0.1
+    done
+    [[ -n $SY_ADDR ]] || die "switchyard did not log its address; see $logf"
+}
+
 PIDS=()
 bench_cleanup() {
     local pid

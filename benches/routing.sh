@@ -92,17 +92,8 @@ EOF
 start_daemon() {
     local repo=$1 logf=$OUT/$1-daemon.log
     [[ $repo == split3 ]] && repo=sticky
-    "$SY" serve --model-repository "$OUT/$repo" --grpc-address 127.0.0.1 --grpc-port 0 \
-        --metrics-port 0 --model-control-mode none --log-format json >"$logf" 2>&1 &
-    PID=$!
-    ADDR=
-    for _ in $(seq 600); do
-        kill -0 "$PID" 2>/dev/null || die "switchyard exited early; see $logf"
-        ADDR=$(listening_addr "$logf")
-        [[ -n $ADDR ]] && break
-        sleep 0.1
-    done
-    [[ -n $ADDR ]] || die "switchyard did not log its address; see $logf"
+    start_switchyard "$SY" "$OUT/$repo" "$logf" --model-control-mode none
+    PID=$SY_PID ADDR=$SY_ADDR
 }
 
 # perf NAME OUTFILE KEYS CONCURRENCY SECS WARMUP
