@@ -1,7 +1,7 @@
 //! Traces reach a real OTLP receiver: a request sent with a W3C `traceparent` leaves a server span
 //! in the same trace, child of the caller's span, with the model and the served version; loading
 //! a model leaves `model.load` spans (an error status with the reason when the load fails) and a
-//! `model.swap` span; and the sampling ratio changes at run time through
+//! `model.swap` span; and the sampling ratio and the exporter change at run time through
 //! `switchyard.v1.Telemetry`. One test, because the subscriber, the exporter and the sampling
 //! ratio are process-wide.
 
@@ -20,7 +20,9 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use support::{Repo, Server};
 use switchyard::proto::switchyard_v1::telemetry_client::TelemetryClient;
-use switchyard::proto::switchyard_v1::{GetTracingRequest, SetTraceSamplingRequest};
+use switchyard::proto::switchyard_v1::{
+    GetTracingRequest, SetTraceExporterRequest, SetTraceSamplingRequest,
+};
 use switchyard::telemetry::tracing::Tracing;
 use switchyard::telemetry::{TelemetryConfig, init};
 use tonic::transport::Channel;
@@ -49,6 +51,26 @@ impl TraceService for Receiver {
     }
 }
 
+impl Receiver {
+    /// Serves a receiver on a free port of 127.0.0.1.
+    async fn start() -> (Receiver, std::net::SocketAddr) {
+        let receiver = Receiver::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(receiver.clone()))
+                .serve_with_incoming(TcpIncoming::from(listener)),
+        );
+        (receiver, addr)
+    }
+
+    fn requests(&self) -> usize {
+        let spans = self.spans.lock().unwrap();
+        spans.iter().filter(|s| s.name == "ModelInfer").count()
+    }
+}
+
 /// The in-test receiver and the exporter sending to it.
 struct Otlp {
     receiver: Receiver,
@@ -58,22 +80,14 @@ struct Otlp {
 impl Otlp {
     /// Starts the receiver on port 0 and installs the daemon's telemetry, exporting to it.
     async fn start() -> Otlp {
-        let receiver = Receiver::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let otlp = listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(receiver.clone()))
-                .serve_with_incoming(TcpIncoming::from(listener)),
-        );
+        let (receiver, otlp) = Receiver::start().await;
         let guard = init(&TelemetryConfig {
             log_format: Default::default(),
             log_filter: "info".into(),
             otlp_endpoint: Some(format!("http://{otlp}")),
             trace_sampling_ratio: 1.0,
         })
-        .unwrap()
-        .expect("tracing is on when an endpoint is set");
+        .unwrap();
         Otlp {
             receiver,
             guard: Arc::new(guard),
@@ -158,6 +172,7 @@ async fn traces_reach_an_otlp_receiver() {
     model_loads_and_swaps_are_spans(&otlp).await;
     server.stop().await;
     the_sampling_ratio_changes_at_run_time(&otlp).await;
+    the_exporter_changes_at_run_time(&otlp).await;
 }
 
 /// Runs a batch only when four requests are there (or after a minute).
@@ -391,6 +406,93 @@ async fn the_sampling_ratio_changes_at_run_time(otlp: &Otlp) {
             .filter(|s| is_request(s) && s.parent_span_id.is_empty())
             .count()
             >= 3
+    })
+    .await;
+    server.stop().await;
+}
+
+/// Export moves to a second receiver, turns off (nothing is exported, the status says so, the
+/// ratio cannot be set), refuses endpoints that are not URLs, and comes back to the first.
+async fn the_exporter_changes_at_run_time(otlp: &Otlp) {
+    let server = Server::start_with(Repo::new().shipped("simple"), |s| {
+        s.management_port = Some(0);
+        s.management_token = Some("s3cret".into());
+    })
+    .await;
+    let mut telemetry = telemetry_client(&server).await;
+    let mut client = server.client().await;
+    let body = support::simple_request("simple", &[1; 16], &[2; 16], 1);
+    let first = telemetry
+        .get_tracing(with_token(GetTracingRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint;
+    assert!(first.starts_with("http://127.0.0.1:"), "{first}");
+    let set = |endpoint: &str| {
+        with_token(SetTraceExporterRequest {
+            endpoint: endpoint.into(),
+        })
+    };
+
+    let (second, second_addr) = Receiver::start().await;
+    let status = telemetry
+        .set_trace_exporter(set(&format!("http://{second_addr}")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.enabled);
+    assert_eq!(status.endpoint, format!("http://{second_addr}"));
+    let before = otlp.receiver.requests();
+    for _ in 0..4 {
+        client.model_infer(traced(&body, None)).await.unwrap();
+    }
+    otlp.flush().await;
+    assert_eq!(
+        second.requests(),
+        4,
+        "the four requests reach the new receiver"
+    );
+    assert_eq!(otlp.receiver.requests(), before, "and none the old one");
+
+    let status = telemetry
+        .set_trace_exporter(set(""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!status.enabled);
+    assert_eq!(status.endpoint, "");
+    let refused = telemetry
+        .set_trace_sampling(with_token(SetTraceSamplingRequest { ratio: 0.5 }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    for _ in 0..4 {
+        client.model_infer(traced(&body, None)).await.unwrap();
+    }
+    otlp.flush().await;
+    assert_eq!(
+        second.requests(),
+        4,
+        "nothing is exported while export is off"
+    );
+    assert_eq!(otlp.receiver.requests(), before);
+
+    for bad in ["not a url", "ftp://127.0.0.1:4317", "http://"] {
+        let invalid = telemetry.set_trace_exporter(set(bad)).await.unwrap_err();
+        assert_eq!(invalid.code(), tonic::Code::InvalidArgument, "{bad}");
+        assert!(invalid.message().contains(bad), "{}", invalid.message());
+    }
+
+    let status = telemetry
+        .set_trace_exporter(set(&first))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.enabled && status.endpoint == first);
+    client.model_infer(traced(&body, None)).await.unwrap();
+    otlp.wait_for(0, "a request span at the first receiver again", |_| {
+        otlp.receiver.requests() > before
     })
     .await;
     server.stop().await;

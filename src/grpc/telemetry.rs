@@ -1,5 +1,5 @@
-//! `switchyard.v1.Telemetry`: read the state of trace export and change the trace sampling ratio
-//! at run time. The semantics (validation, the live ratio) live in `telemetry::tracing`.
+//! `switchyard.v1.Telemetry`: read the state of trace export, and change the trace sampling ratio
+//! and the exporter at run time. The semantics (validation, the live ratio) live in `telemetry::tracing`.
 
 use tonic::{Request, Response, Status};
 
@@ -15,6 +15,7 @@ fn status() -> pb::TracingStatus {
     pb::TracingStatus {
         enabled: tracing::enabled(),
         sampling_ratio: tracing::sampling_ratio(),
+        endpoint: tracing::exporter_endpoint().unwrap_or_default(),
     }
 }
 
@@ -32,6 +33,16 @@ impl Telemetry for TelemetryService {
         request: Request<pb::SetTraceSamplingRequest>,
     ) -> Result<Response<pb::TracingStatus>, Status> {
         tracing::set_sampling_ratio(request.into_inner().ratio)?;
+        Ok(Response::new(status()))
+    }
+
+    async fn set_trace_exporter(
+        &self,
+        request: Request<pb::SetTraceExporterRequest>,
+    ) -> Result<Response<pb::TracingStatus>, Status> {
+        let endpoint = request.into_inner().endpoint;
+        let endpoint = endpoint.trim();
+        tracing::set_exporter((!endpoint.is_empty()).then_some(endpoint))?;
         Ok(Response::new(status()))
     }
 }

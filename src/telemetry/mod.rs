@@ -69,23 +69,18 @@ pub struct TelemetryConfig {
     pub trace_sampling_ratio: f64,
 }
 
-/// Installs the global subscriber (call once, early) and starts trace export when configured.
-/// Keep the returned guard alive: dropping it flushes and stops the exporter.
-pub fn init(config: &TelemetryConfig) -> Result<Option<tracing::Tracing>, String> {
+/// Installs the global subscriber (call once, early) and the trace pipeline, exporting when an
+/// endpoint is configured (and from whenever one is set at run time). Keep the returned guard
+/// alive: dropping it flushes and stops the exporter.
+pub fn init(config: &TelemetryConfig) -> Result<tracing::Tracing, String> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_filter));
     let slot = logs::DispatchSlot::default();
     let fmt = log_layer(config.log_format, std::io::stdout, slot.clone());
-    let (guard, otel) = match tracing::endpoint(config.otlp_endpoint.as_deref()) {
-        Some(endpoint) => {
-            let (guard, tracer) = tracing::Tracing::start(&endpoint, config.trace_sampling_ratio)?;
-            (
-                Some(guard),
-                Some(tracing_opentelemetry::layer().with_tracer(tracer)),
-            )
-        }
-        None => (None, None),
-    };
+    let endpoint = tracing::endpoint(config.otlp_endpoint.as_deref());
+    let (guard, tracer) =
+        tracing::Tracing::start(endpoint.as_deref(), config.trace_sampling_ratio)?;
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
     let dispatch = Dispatch::new(
         tracing_subscriber::registry()
             .with(filter)

@@ -3,10 +3,18 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`); headers come from `OTEL_EXPORTER_OTLP_HEADERS` as the
 //! exporter reads them. Sampling is parent-based over a trace-id ratio, so a client's sampling
 //! decision carries through; the ratio lives in an atomic and can be changed while running
-//! (`set_sampling_ratio`, served as `switchyard.v1.Telemetry/SetTraceSampling`). Export errors
-//! (no collector) are logged by the exporter and never fail a request.
+//! (`set_sampling_ratio`, served as `switchyard.v1.Telemetry/SetTraceSampling`). The exporter
+//! sits behind a switch and can be pointed elsewhere, or turned off and on, while running
+//! (`set_exporter`, served as `switchyard.v1.Telemetry/SetTraceExporter`). Export errors (no
+//! collector) are logged by the exporter and never fail a request.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SpanData, SpanProcessor};
 
 use opentelemetry::trace::{Link, SpanKind, TraceId, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
@@ -79,29 +87,139 @@ pub fn endpoint(setting: Option<&str>) -> Option<String> {
         .filter(|e| !e.is_empty())
 }
 
-/// The running exporter; flushes and stops it when dropped.
+/// The span processor of the provider: forwards to the batch exporter in place now, if any.
+/// Swapping it is how the exporter changes at run time.
+#[derive(Debug, Default)]
+struct Switch {
+    current: ArcSwapOption<BatchSpanProcessor>,
+    endpoint: Mutex<Option<String>>,
+    resource: Mutex<Option<Resource>>,
+}
+
+/// The provider's handle on the switch (the provider owns its processors).
+#[derive(Debug)]
+struct SwitchProcessor(Arc<Switch>);
+
+impl SpanProcessor for SwitchProcessor {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+        if let Some(p) = self.0.current.load().as_ref() {
+            p.on_start(span, cx);
+        }
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if let Some(p) = self.0.current.load().as_ref() {
+            p.on_end(span);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        match self.0.current.load_full() {
+            Some(p) => p.force_flush(),
+            None => Ok(()),
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        match self.0.current.swap(None) {
+            Some(p) => p.shutdown_with_timeout(timeout),
+            None => Ok(()),
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        *self.0.resource.lock().unwrap_or_else(|e| e.into_inner()) = Some(resource.clone());
+    }
+}
+
+static SWITCH: OnceLock<Arc<Switch>> = OnceLock::new();
+
+/// The OTLP/gRPC endpoint spans go to now, if export is on.
+pub fn exporter_endpoint() -> Option<String> {
+    SWITCH
+        .get()?
+        .endpoint
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+/// Points trace export at `endpoint` (an `http://` or `https://` URL of an OTLP/gRPC receiver),
+/// or turns it off (`None`). Spans already finished go to the old exporter, which is flushed and
+/// shut down on a thread of its own. Must run inside the tokio runtime (the exporter's channel).
+pub fn set_exporter(endpoint: Option<&str>) -> Result<(), Error> {
+    let switch = SWITCH.get().ok_or_else(|| {
+        Error::FailedPrecondition("telemetry is not initialised in this process".into())
+    })?;
+    let processor = match endpoint {
+        Some(endpoint) => Some(Arc::new(batch_processor(switch, endpoint)?)),
+        None => None,
+    };
+    let enabled = processor.is_some();
+    let old = switch.current.swap(processor);
+    *switch.endpoint.lock().unwrap_or_else(|e| e.into_inner()) = endpoint.map(str::to_string);
+    ENABLED.store(enabled, Ordering::Relaxed);
+    if let Some(old) = old {
+        std::thread::spawn(move || {
+            if let Err(e) = old.shutdown() {
+                tracing::warn!(error = %e, "stopping the previous trace exporter failed");
+            }
+        });
+    }
+    tracing::info!(
+        endpoint = endpoint.unwrap_or(""),
+        enabled,
+        "trace exporter changed"
+    );
+    Ok(())
+}
+
+fn batch_processor(switch: &Switch, endpoint: &str) -> Result<BatchSpanProcessor, Error> {
+    let invalid =
+        |why: String| Error::InvalidRequest(format!("trace exporter endpoint '{endpoint}': {why}"));
+    let uri: tonic::codegen::http::Uri = endpoint.parse().map_err(|e| invalid(format!("{e}")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(invalid(
+            "expected http://host:port or https://host:port".into(),
+        ));
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| invalid(e.to_string()))?;
+    let mut processor = BatchSpanProcessor::builder(exporter).build();
+    if let Some(resource) = switch
+        .resource
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        processor.set_resource(resource);
+    }
+    Ok(processor)
+}
+
+/// The trace pipeline: always installed, exporting only while an exporter is set. Flushes and
+/// stops the exporter when dropped.
 pub struct Tracing {
     provider: SdkTracerProvider,
 }
 
 impl Tracing {
-    /// Starts exporting to `endpoint`, sampling `ratio` of the traces that start here (until
-    /// changed by [`set_sampling_ratio`]).
-    pub fn start(endpoint: &str, ratio: f64) -> Result<(Tracing, SdkTracer), String> {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .build()
-            .map_err(|e| format!("OTLP exporter for {endpoint}: {e}"))?;
+    /// Starts the pipeline, exporting to `endpoint` if one is given, sampling `ratio` of the
+    /// traces that start here (until changed by [`set_sampling_ratio`]). One per process.
+    pub fn start(endpoint: Option<&str>, ratio: f64) -> Result<(Tracing, SdkTracer), String> {
+        let switch = Arc::clone(SWITCH.get_or_init(Default::default));
         let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
+            .with_span_processor(SwitchProcessor(Arc::clone(&switch)))
             .with_sampler(Sampler::ParentBased(Box::new(LiveRatio)))
             .with_resource(Resource::builder().with_service_name("switchyard").build())
             .build();
         let tracer = provider.tracer("switchyard");
         super::request_spans::install(tracer.clone());
         RATIO.store(ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
-        ENABLED.store(true, Ordering::Relaxed);
+        set_exporter(endpoint).map_err(|e| e.to_string())?;
         Ok((Tracing { provider }, tracer))
     }
 
