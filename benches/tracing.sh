@@ -69,4 +69,34 @@ for t, (rps, p99, each, errors) in res.items():
     print(f"tracing {t:3}: median {rps:9.1f} req/s  p99 {p99:6.0f} us  rounds {each}  errors {errors}")
 print(f"traced / untraced throughput: {res['on'][0] / res['off'][0]:.3f}")
 PY
-tail -1 "$OUT/sink.err"
+# Completeness: requests the traced daemon served (its own counter) against the spans that
+# reached the receiver once the daemon has exited (its exporter flushes on the way out). Each
+# request of `simple` leaves three spans (request, queue, execute).
+METRICS_ON=$(python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    try:
+        f = json.loads(line).get("fields", {})
+    except ValueError:
+        continue
+    if f.get("message") == "listening" and f.get("service") == "metrics":
+        print(f["addr"]); break
+' "$OUT/on.log")
+SERVED=$(python3 -c '
+import sys, urllib.request
+text = urllib.request.urlopen("http://" + sys.argv[1] + "/metrics").read().decode()
+print(int(sum(float(l.split()[-1]) for l in text.splitlines()
+              if l.startswith("nv_inference_request_success{") and "model=\"simple\"" in l)))
+' "$METRICS_ON")
+ON_PID=${PIDS[-1]}
+kill -TERM "$ON_PID"
+wait "$ON_PID" 2>/dev/null || true
+# The receiver prints its count once a second: wait until it stops growing.
+RECEIVED=-1
+for _ in $(seq 30); do
+    sleep 1
+    now=$(tail -1 "$OUT/sink.err" | awk '{print $3}')
+    [[ $now == "$RECEIVED" ]] && break
+    RECEIVED=$now
+done
+echo "traced requests served: $SERVED; spans received: $RECEIVED ($(python3 -c "print(round($RECEIVED / max($SERVED, 1), 3))") per request, 3 expected)"

@@ -80,7 +80,14 @@ pub fn init(config: &TelemetryConfig) -> Result<tracing::Tracing, String> {
     let endpoint = tracing::endpoint(config.otlp_endpoint.as_deref());
     let (guard, tracer) =
         tracing::Tracing::start(endpoint.as_deref(), config.trace_sampling_ratio)?;
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    // Only the attributes the spans are made with: no source location, thread, target or
+    // busy/idle timing (the latter would read the clock at every poll of a request's future).
+    let otel = tracing_opentelemetry::layer()
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_tracer(tracer);
     let dispatch = Dispatch::new(
         tracing_subscriber::registry()
             .with(filter)

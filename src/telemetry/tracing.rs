@@ -188,7 +188,9 @@ fn batch_processor(switch: &Switch, endpoint: &str) -> Result<BatchSpanProcessor
         .with_endpoint(endpoint)
         .build()
         .map_err(|e| invalid(e.to_string()))?;
-    let mut processor = BatchSpanProcessor::builder(exporter).build();
+    let mut processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batch_config())
+        .build();
     if let Some(resource) = switch
         .resource
         .lock()
@@ -198,6 +200,24 @@ fn batch_processor(switch: &Switch, endpoint: &str) -> Result<BatchSpanProcessor
         processor.set_resource(resource);
     }
     Ok(processor)
+}
+
+/// Spans held for export, and spans per export, unless `OTEL_BSP_MAX_QUEUE_SIZE` /
+/// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` say otherwise. The SDK's defaults (2,048 and 512) drop spans
+/// once a daemon finishes more than ~30k spans a second (three per request); these keep up with
+/// several times that at the cost of up to ~16 MB of queued spans.
+const EXPORT_QUEUE: usize = 16_384;
+const EXPORT_BATCH: usize = 2_048;
+
+fn batch_config() -> opentelemetry_sdk::trace::BatchConfig {
+    let mut config = opentelemetry_sdk::trace::BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        config = config.with_max_queue_size(EXPORT_QUEUE);
+    }
+    if std::env::var_os("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
+        config = config.with_max_export_batch_size(EXPORT_BATCH);
+    }
+    config.build()
 }
 
 /// The trace pipeline: always installed, exporting only while an exporter is set. Flushes and
