@@ -65,15 +65,6 @@ impl DeviceBuffer {
         unsafe { result::memcpy_htod_sync(self.ptr, bytes) }
             .map_err(|e| fail("copying to the device", e))
     }
-
-    /// Copies the first `out.len()` bytes of the buffer to the host and waits for the copy.
-    pub fn download(&self, out: &mut [u8]) -> Result<(), String> {
-        assert!(out.len() <= self.bytes, "download larger than the buffer");
-        bind(&self.ctx)?;
-        // SAFETY: the source holds at least `out.len()` bytes (asserted); synchronous copy.
-        unsafe { result::memcpy_dtoh_sync(out, self.ptr) }
-            .map_err(|e| fail("copying from the device", e))
-    }
 }
 
 impl Drop for DeviceBuffer {
@@ -135,11 +126,6 @@ impl PinnedBuffer {
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `bytes` bytes were allocated at `ptr` and live as long as `self`.
         unsafe { std::slice::from_raw_parts(self.ptr, self.bytes) }
-    }
-
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and `&mut self` makes this the only reference.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.bytes) }
     }
 }
 
