@@ -348,23 +348,16 @@ const WORKSPACE_BYTES: usize = 32 << 20;
 
 impl Blas {
     pub fn new(stream: &Stream) -> Result<Blas, String> {
+        // The workspace first: if the handle cannot be made, dropping it is all the cleanup.
+        let workspace = DeviceBuffer::new(stream.context(), WORKSPACE_BYTES)?;
         stream.bind()?;
         let handle = cudarc::cublas::result::create_handle()
             .map_err(|e| fail("creating a cuBLAS handle", e))?;
-        let workspace = DeviceBuffer::new(stream.context(), WORKSPACE_BYTES);
+        // From here on, dropping `blas_handle` destroys the handle.
         let blas_handle = Blas {
             ctx: Arc::clone(stream.context()),
             handle,
-            _workspace: match workspace {
-                Ok(w) => w,
-                Err(e) => {
-                    // SAFETY: created above, not yet shared.
-                    unsafe {
-                        let _ = cudarc::cublas::result::destroy_handle(handle);
-                    }
-                    return Err(e);
-                }
-            },
+            _workspace: workspace,
         };
         // SAFETY: the handle and stream are alive; the workspace outlives the handle (it is
         // dropped after it, see Drop). Setting the stream resets the workspace, so it comes after.

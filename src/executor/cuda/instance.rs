@@ -156,7 +156,13 @@ impl CudaInstance {
         } else {
             vec![1]
         };
-        for &batch in [sizes[sizes.len() - 1], sizes[0]].iter() {
+        let (smallest, largest) = (sizes[0], sizes[sizes.len() - 1]);
+        let first_runs = if largest == smallest {
+            vec![largest]
+        } else {
+            vec![largest, smallest]
+        };
+        for batch in first_runs {
             let calls = self.prepare(batch)?;
             self.clear_staging(&calls.plan);
             self.enqueue(&calls)?;
