@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{Repo, Server};
+use support::{Repo, Server, sample_value as value};
 use switchyard::grpc::pb::model_infer_request::InferInputTensor;
 use switchyard::grpc::pb::*;
 
@@ -24,16 +24,6 @@ fn features(version: &str, batch: i64) -> ModelInferRequest {
         raw_input_contents: vec![vec![0u8; 4 * 64 * batch as usize].into()],
         ..Default::default()
     }
-}
-
-/// The value of one sample line, e.g. `nv_inference_count{model="simple",version="1"}`.
-fn value(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(sample)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
 }
 
 #[tokio::test]

@@ -5,7 +5,10 @@ mod support;
 
 use std::collections::HashMap;
 
-use support::{Repo, Server, raw_f32, raw_i32};
+use std::time::Duration;
+
+use support::{Repo, Server, raw_f32, raw_i32, sample_value};
+use switchyard::config::ModelControlMode;
 use switchyard::grpc::pb::*;
 use tonic::Code;
 
@@ -189,6 +192,126 @@ parameters { key: "rate_limit_burst" value: { string_value: "2" } }"#;
     let inference = stats.inference_stats.unwrap();
     assert_eq!(inference.success.unwrap().count, 2);
     assert_eq!(inference.fail.unwrap().count, 4);
+    server.stop().await;
+}
+
+/// Without dynamic batching a request's `timeout` still bounds its wait for a free instance: it
+/// leaves the queue with DEADLINE_EXCEEDED, unrun, and the requests ahead of it finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_bounds_the_wait_for_an_instance_without_dynamic_batching() {
+    let server = Server::start(Repo::new().fixture("rollout")).await;
+    let client = server.client().await;
+    // Version 4 takes tens of milliseconds per execution on its one instance.
+    let slow = |first: f32| {
+        let mut request = support::fp32_request("rollout", "INPUT0", vec![1, 4], &[first; 4]);
+        request.model_version = "4".into();
+        request
+    };
+    let pending = "nv_inference_pending_request_count{model=\"rollout\",version=\"4\"}";
+    let ahead: Vec<_> = (0..3)
+        .map(|i| {
+            let mut client = client.clone();
+            let request = slow(i as f32);
+            tokio::spawn(async move { client.model_infer(request).await })
+        })
+        .collect();
+    // One running and at least one waiting behind it.
+    let started = std::time::Instant::now();
+    while sample_value(&server.scrape().await, pending) < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nothing queued"
+        );
+        tokio::task::yield_now().await;
+    }
+    let mut client = client.clone();
+    let late = with_parameter(slow(7.0), "timeout", 1000);
+    let status = client.model_infer(late).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("model 'rollout' version 4")
+            && status.message().contains("timeout of 1000 µs expired"),
+        "{status:?}"
+    );
+    for (i, call) in ahead.into_iter().enumerate() {
+        let reply = call.await.unwrap().unwrap().into_inner();
+        assert_eq!(
+            raw_f32(&reply.raw_output_contents[0]),
+            vec![i as f32 + 4000.0; 4]
+        );
+    }
+    // The abandoned request is not left counted as waiting, and it never ran.
+    let scrape = server.scrape().await;
+    assert_eq!(sample_value(&scrape, pending), 0.0);
+    let version4 = ModelStatisticsRequest {
+        name: "rollout".into(),
+        version: "4".into(),
+    };
+    let mut stats_client = server.client().await;
+    let v4 = stats_client
+        .model_statistics(version4)
+        .await
+        .unwrap()
+        .into_inner();
+    let v4 = &v4.model_stats[0];
+    assert_eq!(v4.execution_count, 3, "{v4:?}");
+    let inference = v4.inference_stats.unwrap();
+    assert_eq!(inference.success.unwrap().count, 3);
+    assert_eq!(inference.fail.unwrap().count, 1);
+    server.stop().await;
+}
+
+/// The model's rate limit is one bucket for all its versions, kept when a new version loads: a
+/// version that arrives later gets no fresh burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_holds_across_versions_and_reloads() {
+    let limited = r#"version_policy: { all { } }
+parameters { key: "rate_limit_per_sec" value: { string_value: "0.01" } }
+parameters { key: "rate_limit_burst" value: { string_value: "2" } }"#;
+    let repo = Repo::new().shipped_as("simple", "limited", &simple_config("limited", limited));
+    let server = Server::start_with(repo, |s| {
+        s.model_control_mode = ModelControlMode::Explicit;
+        s.load_model = vec!["limited".into()];
+    })
+    .await;
+    let mut client = server.client().await;
+    let on = |version: &str| {
+        let mut request = simple("limited", 1, 1);
+        request.model_version = version.into();
+        request
+    };
+    client.model_infer(on("1")).await.unwrap();
+
+    let model = server.repo_path().join("limited");
+    support::copy_dir(&model.join("1"), &model.join("2"));
+    let load = RepositoryModelLoadRequest {
+        model_name: "limited".into(),
+        ..Default::default()
+    };
+    client.repository_model_load(load.clone()).await.unwrap();
+    let ready = ModelReadyRequest {
+        name: "limited".into(),
+        version: "2".into(),
+    };
+    assert!(client.model_ready(ready).await.unwrap().into_inner().ready);
+
+    // One token left of the burst of 2, whichever version spends it.
+    client.model_infer(on("2")).await.unwrap();
+    for version in ["2", "1"] {
+        let status = client.model_infer(on(version)).await.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("'limited' version ")
+                && status
+                    .message()
+                    .contains("rate limit of 0.01 requests per second"),
+            "{status:?}"
+        );
+    }
+    // A reload that leaves the limit as it was keeps the bucket.
+    client.repository_model_load(load).await.unwrap();
+    let status = client.model_infer(on("2")).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     server.stop().await;
 }
 

@@ -49,6 +49,8 @@ pub struct RateLimit {
     bucket: Mutex<TokenBucket>,
     /// Requests per second, for messages.
     pub rate: f64,
+    /// Requests admitted at once after a quiet period.
+    pub burst: f64,
 }
 
 impl RateLimit {
@@ -57,7 +59,13 @@ impl RateLimit {
         RateLimit {
             bucket: Mutex::new(TokenBucket::new(rate, burst)),
             rate,
+            burst,
         }
+    }
+
+    /// Whether `other` limits at the same rate and burst.
+    pub fn same_limit(&self, other: &RateLimit) -> bool {
+        self.rate == other.rate && self.burst == other.burst
     }
 
     /// Whether one more request may pass now.

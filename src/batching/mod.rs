@@ -1,12 +1,14 @@
 //! Scheduling a model version's requests onto its instances. Without `dynamic_batching` each request
-//! goes straight to the next free instance and runs alone (the shortest path). With it, a
+//! goes straight to the next free instance and runs alone (the shortest path); a request's `timeout`
+//! parameter bounds its wait for an instance (it then leaves unrun). With it, a
 //! [`batcher::Batcher`] queues requests by priority, forms batches of compatible requests as
 //! [`policy::decide`] says, enforces the queue policy (size, timeouts) and hands each batch's replies
 //! back together. In front of both sit the admission [`limits`]: a per-model rate limit and the
 //! version's circuit breaker.
 //!
 //! Besides Triton's own settings, the model configuration's `parameters` may set (string values):
-//! - `rate_limit_per_sec`: requests per second admitted for the model (all its versions together);
+//! - `rate_limit_per_sec`: requests per second admitted for the model (all its versions together,
+//!   one bucket kept across reloads that leave the limit unchanged);
 //!   above it requests fail with RESOURCE_EXHAUSTED. Unset or 0: no limit.
 //! - `rate_limit_burst`: requests admitted at once after a quiet period (default: one second's worth).
 //! - `circuit_breaker_error_rate`: share of failed executions (0–1) in a window that takes the
@@ -293,13 +295,22 @@ impl Scheduler {
         parameters: &HashMap<String, Parameter>,
     ) -> Result<Execution> {
         self.admit()?;
+        let timeout = unsigned(parameters, TIMEOUT_PARAMETER)?
+            .filter(|&us| us > 0)
+            .map(Duration::from_micros);
         match &self.queue {
-            Queue::Direct(runner) => Ok(runner.execute(checked.inputs, checked.batch_size).await),
+            Queue::Direct(runner) => {
+                let run = runner.execute(checked.inputs, checked.batch_size, timeout);
+                run.await.ok_or_else(|| {
+                    Error::DeadlineExceeded(format!(
+                        "{}: request timeout of {} µs expired before a model instance was free",
+                        self.subject,
+                        timeout.unwrap_or_default().as_micros()
+                    ))
+                })
+            }
             Queue::Dynamic(batcher) => {
                 let priority = unsigned(parameters, PRIORITY_PARAMETER)?;
-                let timeout = unsigned(parameters, TIMEOUT_PARAMETER)?
-                    .filter(|&us| us > 0)
-                    .map(Duration::from_micros);
                 batcher
                     .enqueue(checked.inputs, checked.batch_size, priority, timeout)
                     .await

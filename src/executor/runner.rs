@@ -5,6 +5,7 @@
 //! the channel is dropped the threads finish their current job and exit, releasing the model.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -84,6 +85,9 @@ pub enum JobReply {
     One {
         enqueued: Instant,
         reply: oneshot::Sender<Execution>,
+        /// For a request with a timeout: set by whichever comes first, the instance taking the
+        /// job or the caller giving up on it.
+        claim: Option<Arc<AtomicBool>>,
     },
     /// A batch, answered to the batcher that formed it.
     Batch {
@@ -111,6 +115,8 @@ pub struct Observers {
 pub struct Runner {
     jobs: crossbeam_channel::Sender<Job>,
     count: usize,
+    /// Jobs given up on by their callers (timed out) and not yet dropped by an instance.
+    abandoned: Arc<AtomicUsize>,
 }
 
 impl Runner {
@@ -123,21 +129,27 @@ impl Runner {
     ) -> Result<Runner, String> {
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
         let count = count.max(1);
+        let abandoned = Arc::new(AtomicUsize::new(0));
         for index in 0..count {
             let instance = model.instance()?;
             let queue = queue.clone();
             let model = Arc::clone(model);
             let observers = observers.clone();
+            let abandoned = Arc::clone(&abandoned);
             let alive = Alive::new();
             std::thread::Builder::new()
                 .name(format!("{label}#{index}"))
                 .spawn(move || {
                     let _alive = alive;
-                    serve(model, (index, instance), queue, observers)
+                    serve(model, (index, instance), (queue, abandoned), observers)
                 })
                 .map_err(|e| format!("cannot start instance thread: {e}"))?;
         }
-        Ok(Runner { jobs, count })
+        Ok(Runner {
+            jobs,
+            count,
+            abandoned,
+        })
     }
 
     /// How many instances run.
@@ -147,7 +159,8 @@ impl Runner {
 
     /// Jobs waiting for a free instance.
     pub fn waiting(&self) -> usize {
-        self.jobs.len()
+        let abandoned = self.abandoned.load(Ordering::Acquire);
+        self.jobs.len().saturating_sub(abandoned)
     }
 
     /// The channel the instances take jobs from, for a batcher to feed.
@@ -155,15 +168,24 @@ impl Runner {
         self.jobs.clone()
     }
 
-    /// Runs one request alone on the next free instance.
-    pub async fn execute(&self, inputs: Vec<Option<Tensor>>, size: usize) -> Execution {
-        let (reply, answer) = oneshot::channel();
+    /// Runs one request alone on the next free instance. With a `timeout`, a request still waiting
+    /// for an instance when it expires leaves the queue unrun: `None`. Once an instance has taken
+    /// it, it runs to the end.
+    pub async fn execute(
+        &self,
+        inputs: Vec<Option<Tensor>>,
+        size: usize,
+        timeout: Option<Duration>,
+    ) -> Option<Execution> {
+        let (reply, mut answer) = oneshot::channel();
+        let claim = timeout.map(|_| Arc::new(AtomicBool::new(false)));
         let job = Job {
             requests: vec![inputs],
             sizes: vec![size],
             reply: JobReply::One {
                 enqueued: Instant::now(),
                 reply,
+                claim: claim.clone(),
             },
         };
         let stopped = |what: &str| Execution {
@@ -173,11 +195,22 @@ impl Runner {
             run: RunInfo::default(),
         };
         if self.jobs.send(job).is_err() {
-            return stopped("the model's instances have stopped");
+            return Some(stopped("the model's instances have stopped"));
         }
-        answer
-            .await
-            .unwrap_or_else(|_| stopped("the model instance stopped before answering"))
+        if let (Some(timeout), Some(claim)) = (timeout, &claim) {
+            if let Ok(done) = tokio::time::timeout(timeout, &mut answer).await {
+                return Some(done.unwrap_or_else(|_| stopped("the model instance stopped")));
+            }
+            if !claim.swap(true, Ordering::AcqRel) {
+                self.abandoned.fetch_add(1, Ordering::AcqRel);
+                return None;
+            }
+        }
+        Some(
+            answer
+                .await
+                .unwrap_or_else(|_| stopped("the model instance stopped before answering")),
+        )
     }
 }
 
@@ -186,10 +219,19 @@ impl Runner {
 fn serve(
     model: Arc<dyn LoadedModel>,
     (index, mut instance): (usize, Box<dyn Instance>),
-    queue: crossbeam_channel::Receiver<Job>,
+    (queue, abandoned): (crossbeam_channel::Receiver<Job>, Arc<AtomicUsize>),
     observers: Observers,
 ) {
     while let Ok(job) = queue.recv() {
+        if let JobReply::One {
+            claim: Some(claim), ..
+        } = &job.reply
+            && claim.swap(true, Ordering::AcqRel)
+        {
+            // Its caller gave up waiting (timeout); it is not run.
+            abandoned.fetch_sub(1, Ordering::AcqRel);
+            continue;
+        }
         let started = Instant::now();
         let mut phases = Phases::default();
         let total: usize = job.sizes.iter().sum();
@@ -217,7 +259,9 @@ fn serve(
         }
         // The requester may have gone away (cancelled); nothing to do then.
         match job.reply {
-            JobReply::One { enqueued, reply } => {
+            JobReply::One {
+                enqueued, reply, ..
+            } => {
                 let outputs = outputs.map(|mut all| all.pop().unwrap_or_default());
                 let _ = reply.send(Execution {
                     outputs,

@@ -181,7 +181,10 @@ pub async fn reconcile(
         tokio::task::spawn_blocking(move || resolve(&*backend, &source)).await
     };
     let resolved = match resolved {
-        Ok(Ok(resolved)) => Arc::new(resolved),
+        Ok(Ok(mut resolved)) => {
+            registry.share_rate_limit(name, &mut resolved.scheduling);
+            Arc::new(resolved)
+        }
         Ok(Err(reason)) => return publish_failure(registry, name, &current, reason),
         Err(e) => {
             return publish_failure(registry, name, &current, format!("load task failed: {e}"));

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
+use crate::batching::SchedulingConfig;
+use crate::batching::limits::RateLimit;
 use crate::error::{Error, Result};
 use crate::executor::Backend;
 use crate::proto::inference::ModelConfig;
@@ -324,6 +326,8 @@ pub struct Registry {
     memory_only: bool,
     /// Turns true at shutdown: batchers stop waiting for batches to fill.
     draining: tokio::sync::watch::Sender<bool>,
+    /// Each rate-limited model's one bucket, kept across reloads.
+    rate_limits: DashMap<String, Arc<RateLimit>>,
 }
 
 impl Registry {
@@ -339,6 +343,7 @@ impl Registry {
             traffic_lock: tokio::sync::Mutex::new(()),
             memory_only: false,
             draining: tokio::sync::watch::Sender::new(false),
+            rate_limits: DashMap::new(),
         }
     }
 
@@ -394,7 +399,28 @@ impl Registry {
 
     /// Forgets a model (its directory is gone); requests holding its versions finish on them.
     pub fn remove(&self, name: &str) -> Option<Arc<Model>> {
+        self.rate_limits.remove(name);
         self.models.remove(name).map(|(_, model)| model)
+    }
+
+    /// Makes `scheduling` use the model's one rate-limit bucket. Versions loaded at different
+    /// times (and versions kept across a reload) then share it, and a reload that leaves the limit
+    /// as it was keeps the tokens already spent. A changed limit starts a new bucket; the versions
+    /// still holding the old one are reloaded with it, since the configuration changed.
+    pub(crate) fn share_rate_limit(&self, name: &str, scheduling: &mut SchedulingConfig) {
+        let Some(limit) = &scheduling.rate_limit else {
+            self.rate_limits.remove(name);
+            return;
+        };
+        let mut shared = self
+            .rate_limits
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::clone(limit));
+        if shared.same_limit(limit) {
+            scheduling.rate_limit = Some(Arc::clone(&shared));
+        } else {
+            *shared = Arc::clone(limit);
+        }
     }
 
     /// Publishes a snapshot for `name`, creating the model entry on first use.

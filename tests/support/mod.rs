@@ -275,3 +275,13 @@ pub fn raw_f32(raw: &[u8]) -> Vec<f32> {
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect()
 }
+
+/// The value of one sample line of a scrape, e.g. `nv_inference_count{model="simple",version="1"}`.
+pub fn sample_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(sample)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
+}
