@@ -83,7 +83,8 @@ impl Otlp {
         let (receiver, otlp) = Receiver::start().await;
         let guard = init(&TelemetryConfig {
             log_format: Default::default(),
-            log_filter: "info".into(),
+            // Quieter logs than the spans' level: what is exported does not follow the log filter.
+            log_filter: "warn".into(),
             otlp_endpoint: Some(format!("http://{otlp}")),
             trace_sampling_ratio: 1.0,
         })

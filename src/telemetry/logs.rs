@@ -195,9 +195,10 @@ mod tests {
             .with(super::super::log_layer(
                 format,
                 buffer.clone(),
+                tracing_subscriber::EnvFilter::new("info"),
                 slot.clone(),
             ))
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+            .with(super::super::export_layer(provider.tracer("test")));
         let dispatch = Dispatch::new(subscriber);
         slot.attach(&dispatch);
         let parent = opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
