@@ -282,6 +282,16 @@ async fn a_traced_request_continues_the_callers_trace(otlp: &Otlp, server: &Serv
     assert_eq!(served.kind, 2, "SPAN_KIND_SERVER");
     assert_eq!(attribute(served, "served_version").as_deref(), Some("1"));
     assert_eq!(attribute(served, "rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(
+        attribute(served, "rpc.method").as_deref(),
+        Some("ModelInfer")
+    );
+    assert_eq!(attribute(served, "requested_version").as_deref(), Some(""));
+    assert_eq!(attribute(served, "route").as_deref(), Some("default"));
+    assert!(
+        attribute(served, "routing_key_hash").is_none(),
+        "{served:?}"
+    );
     let failed = ours
         .iter()
         .find(|s| attribute(s, "model").as_deref() == Some("nope"))

@@ -21,7 +21,6 @@ use super::pb::model_metadata_response::TensorMetadata;
 use super::pb::repository_index_response::ModelIndex;
 use super::pb::*;
 use super::{Context, convert, statistics, trace};
-use tracing::Instrument;
 
 /// Requests of one stream processed at once; answers still leave in request order.
 const STREAM_CONCURRENCY: usize = 16;
@@ -63,13 +62,14 @@ impl InferenceService {
         &self,
         metadata: &tonic::metadata::MetadataMap,
         request: ModelInferRequest,
+        trace: &trace::RequestTrace,
     ) -> Result<ModelInferResponse, Error> {
         let request = convert::infer_request(request)?;
         let model = self.context.registry.get(&request.model_name)?;
         let routed = model.route(&request.model_version, |header| {
             routing_key(&request, metadata, header)
         })?;
-        trace::record_route(&tracing::Span::current(), &routed);
+        trace.record_route(&routed);
         let mirror = match (&routed.shadow, routed.kind) {
             (_, RouteKind::Named) | (None, _) => None,
             (Some(target), _) => shadow::mirror(
@@ -93,16 +93,16 @@ impl InferenceService {
         method: &'static str,
         request: ModelInferRequest,
     ) -> Result<ModelInferResponse, Error> {
-        let span = trace::request_span(
+        let trace = trace::RequestTrace::start(
             metadata,
             method,
             &request.model_name,
             &request.model_version,
         );
-        let outcome = self.infer(metadata, request).instrument(span.clone()).await;
+        let outcome = trace.run(self.infer(metadata, request, &trace)).await;
         let served = outcome.as_ref().ok().map(|r| r.model_version.as_str());
         let error = outcome.as_ref().err().map(|e| e.to_string());
-        trace::record_outcome(&span, served, error.as_deref());
+        trace.finish(served, error.as_deref());
         outcome
     }
 

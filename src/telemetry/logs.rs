@@ -1,15 +1,17 @@
 //! Log lines that point at their trace: while trace export is on, an event emitted inside a span
-//! with an OpenTelemetry context (a request span, a lifecycle span) carries that context's
-//! `trace_id` and `span_id` in W3C hex — as `trace_id=… span_id=…` at the end of a text line, and
+//! with an OpenTelemetry context (a lifecycle span, which is a `tracing` span, or else the request
+//! whose OpenTelemetry context is current) carries that context's `trace_id` and `span_id` in W3C
+//! hex — as `trace_id=… span_id=…` at the end of a text line, and
 //! as top-level fields of a JSON line. The default formatter writes the line; this one only
 //! splices the ids in, so the line format stays tracing-subscriber's.
 //!
-//! Request spans are filtered out of the log layer, so the ids are looked up in the whole
+//! Lifecycle spans are filtered out of the log layer, so their ids are looked up in the whole
 //! subscriber (through a weak handle to its `Dispatch`), not in the log layer's view of it.
 
 use std::fmt::{self, Write as _};
 use std::sync::{Arc, OnceLock};
 
+use opentelemetry::Context;
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use tracing::dispatcher::WeakDispatch;
 use tracing::{Dispatch, Event, Subscriber};
@@ -97,7 +99,8 @@ impl<F: Clone> WithTraceIds<F> {
 }
 
 impl<F> WithTraceIds<F> {
-    /// The OpenTelemetry span context of the event's span, when export is on and it has one.
+    /// The OpenTelemetry span context of the event's span, when export is on and it has one: the
+    /// `tracing` span's, else (for an event that has no explicit parent) the current request's.
     fn ids<S, N>(&self, ctx: &FmtContext<'_, S, N>, event: &Event<'_>) -> Option<SpanContext>
     where
         S: Subscriber + for<'a> LookupSpan<'a>,
@@ -107,12 +110,17 @@ impl<F> WithTraceIds<F> {
             return None;
         }
         let span = match event.parent() {
-            Some(id) => id.clone(),
-            None if event.is_contextual() => ctx.current_span().id()?.clone(),
+            Some(id) => Some(id.clone()),
+            None if event.is_contextual() => ctx.current_span().id().cloned(),
             None => return None,
         };
-        let context = tracing_opentelemetry::get_otel_context(&span, &self.dispatch.dispatch()?)?;
-        let ids = context.span().span_context().clone();
+        let traced = span.and_then(|span| {
+            tracing_opentelemetry::get_otel_context(&span, &self.dispatch.dispatch()?)
+        });
+        let ids = match traced {
+            Some(context) => context.span().span_context().clone(),
+            None => Context::map_current(|current| current.span().span_context().clone()),
+        };
         ids.is_valid().then_some(ids)
     }
 }
@@ -150,7 +158,9 @@ mod tests {
     use std::io;
     use std::sync::Mutex;
 
-    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState, TracerProvider as _};
+    use opentelemetry::trace::{
+        SpanId, TraceFlags, TraceId, TraceState, Tracer as _, TracerProvider as _,
+    };
     use opentelemetry_sdk::trace::SdkTracerProvider;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     use tracing_subscriber::fmt::MakeWriter;
@@ -184,9 +194,10 @@ mod tests {
         }
     }
 
-    /// Logs one event inside a request span whose parent is a remote sampled context, and one
-    /// outside any span, through the daemon's log layer; returns (inside, outside) lines.
-    fn lines(format: LogFormat) -> (String, String) {
+    /// Logs one event inside a lifecycle span and one inside a request context, both children of a
+    /// remote sampled context, and one outside either, through the daemon's log layer; returns
+    /// (lifecycle, request, outside) lines.
+    fn lines(format: LogFormat) -> (String, String, String) {
         crate::telemetry::tracing::enable_for_tests();
         let buffer = Buffer::default();
         let slot = DispatchSlot::default();
@@ -210,11 +221,16 @@ mod tests {
         ));
         tracing::dispatcher::with_default(&dispatch, || {
             let span =
-                tracing::info_span!(target: crate::telemetry::REQUEST_SPAN_TARGET, "inference");
-            let _ = span.set_parent(parent);
-            span.in_scope(|| tracing::info!(answer = 42, "inside the request"));
-            tracing::info!("outside any span");
+                tracing::info_span!(target: crate::telemetry::LIFECYCLE_SPAN_TARGET, "model.load");
+            let _ = span.set_parent(parent.clone());
+            span.in_scope(|| tracing::info!(answer = 42, "inside the lifecycle span"));
+            let request = provider
+                .tracer("test")
+                .start_with_context("ModelInfer", &parent);
+            let _attached = parent.with_span(request).attach();
+            tracing::info!(answer = 42, "inside the request");
         });
+        tracing::dispatcher::with_default(&dispatch, || tracing::info!("outside any span"));
         let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         let find = |needle: &str| {
             text.lines()
@@ -222,32 +238,43 @@ mod tests {
                 .unwrap_or_else(|| panic!("no line with {needle:?} in {text}"))
                 .to_string()
         };
-        (find("inside the request"), find("outside any span"))
+        (
+            find("inside the lifecycle span"),
+            find("inside the request"),
+            find("outside any span"),
+        )
     }
 
     #[test]
     fn text_lines_in_a_traced_span_end_with_its_ids() {
-        let (inside, outside) = lines(LogFormat::Text);
-        let (_, ids) = inside.split_once(" trace_id=").expect(&inside);
-        let (trace_id, span_id) = ids.split_once(" span_id=").expect(&inside);
-        assert_eq!(trace_id, TRACE_ID);
-        assert_eq!(span_id.len(), 16, "{inside}");
-        assert_ne!(
-            span_id, PARENT_ID,
-            "the id of the span itself, not its parent"
-        );
+        let (lifecycle, request, outside) = lines(LogFormat::Text);
+        let mut seen = Vec::new();
+        for inside in [lifecycle, request] {
+            let (_, ids) = inside.split_once(" trace_id=").expect(&inside);
+            let (trace_id, span_id) = ids.split_once(" span_id=").expect(&inside);
+            assert_eq!(trace_id, TRACE_ID);
+            assert_eq!(span_id.len(), 16, "{inside}");
+            assert_ne!(
+                span_id, PARENT_ID,
+                "the id of the span itself, not its parent"
+            );
+            seen.push(span_id.to_string());
+        }
+        assert_ne!(seen[0], seen[1], "each line names its own span");
         assert!(!outside.contains("trace_id"), "{outside}");
     }
 
     #[test]
     fn json_lines_in_a_traced_span_carry_its_ids_as_top_level_fields() {
-        let (inside, outside) = lines(LogFormat::Json);
-        let inside: serde_json::Value = serde_json::from_str(&inside).expect(&inside);
-        assert_eq!(inside["trace_id"], TRACE_ID);
-        let span_id = inside["span_id"].as_str().unwrap();
-        assert_eq!(span_id.len(), 16);
-        assert_ne!(span_id, PARENT_ID);
-        assert_eq!(inside["fields"]["answer"], 42);
+        let (lifecycle, request, outside) = lines(LogFormat::Json);
+        for inside in [lifecycle, request] {
+            let inside: serde_json::Value = serde_json::from_str(&inside).expect(&inside);
+            assert_eq!(inside["trace_id"], TRACE_ID);
+            let span_id = inside["span_id"].as_str().unwrap();
+            assert_eq!(span_id.len(), 16);
+            assert_ne!(span_id, PARENT_ID);
+            assert_eq!(inside["fields"]["answer"], 42);
+        }
         let outside: serde_json::Value = serde_json::from_str(&outside).expect(&outside);
         assert!(outside.get("trace_id").is_none(), "{outside}");
     }

@@ -20,25 +20,21 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
-/// The tracing target of request spans (see `grpc::trace`).
-pub const REQUEST_SPAN_TARGET: &str = "switchyard::grpc::trace";
-
 /// The tracing target of lifecycle spans: `model.load`, `model.swap`, `rollout.step`,
-/// `rollout.promote`, `rollout.rollback`. Like request spans they exist for export only; the log
-/// events inside them carry the same fields.
+/// `rollout.promote`, `rollout.rollback`. They exist for export only; the log events inside them
+/// carry the same fields. (Request spans are not `tracing` spans: see `grpc::trace`.)
 pub const LIFECYCLE_SPAN_TARGET: &str = "switchyard::lifecycle";
 
 /// Whether the log layer leaves this span out (spans kept for export only).
 fn export_only(meta: &::tracing::Metadata<'_>) -> bool {
-    meta.is_span()
-        && (meta.target() == REQUEST_SPAN_TARGET || meta.target() == LIFECYCLE_SPAN_TARGET)
+    meta.is_span() && meta.target() == LIFECYCLE_SPAN_TARGET
 }
 
 // Each layer has its own filter, decided per callsite where it can be: a callsite no layer wants
 // (h2's and tonic's trace and debug events, say) is then never checked again, and the subscriber's
 // level hint lets the `trace!`/`debug!` macros skip themselves with one comparison. (A global
 // filter next to per-layer filters makes every callsite "sometimes" and every event pays for a
-// filter pass; it would also let `RUST_LOG=warn` turn off the request spans that traces need.)
+// filter pass; it would also let `RUST_LOG=warn` turn off the lifecycle spans that traces need.)
 
 /// Leaves export-only spans out of the log layer; levels are the log filter's to decide.
 struct NotExportOnly;

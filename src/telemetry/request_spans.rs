@@ -1,5 +1,6 @@
-//! What happened to a request after it was routed, as spans: a `queue` child for the wait, an
-//! `execute` child for its execution (the compute phases — input, infer, output — as its events
+//! What happened to a request after it was routed, as spans under its server span (see
+//! `grpc::trace`, which makes that span the current OpenTelemetry context while the request
+//! runs): a `queue` child for the wait, an `execute` child for its execution (the compute phases — input, infer, output — as its events
 //! and attributes), and one `batch` span per executed batch, linked to every request span it served
 //! (and each `execute` span linked back to its batch). The scheduler and the instances measure
 //! these times anyway; the spans are made afterwards with the OpenTelemetry API and explicit
@@ -12,7 +13,6 @@ use std::time::{Duration, SystemTime};
 use opentelemetry::trace::{Link, Span as _, SpanContext, SpanKind, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::SdkTracer;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::executor::Phases;
 
@@ -32,7 +32,8 @@ pub fn install(tracer: SdkTracer) {
     let _ = TRACER.set(tracer);
 }
 
-fn tracer() -> Option<&'static SdkTracer> {
+/// The tracer, while trace export is on.
+pub(crate) fn tracer() -> Option<&'static SdkTracer> {
     if enabled() { TRACER.get() } else { None }
 }
 
@@ -40,8 +41,8 @@ fn tracer() -> Option<&'static SdkTracer> {
 /// sampled.
 pub fn current() -> Option<Context> {
     tracer()?;
-    let context = tracing::Span::current().context();
-    let sampled = context.span().span_context().is_sampled();
+    let context = Context::current();
+    let sampled = context.has_active_span() && context.span().span_context().is_sampled();
     sampled.then_some(context)
 }
 

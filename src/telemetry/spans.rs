@@ -1,5 +1,5 @@
 //! Lifecycle spans: loading a model version, publishing a model's snapshot, and the rollout
-//! controller's decisions. They are exported as traces like request spans (and, like them, kept
+//! controller's decisions. They are exported as traces like request spans (and kept
 //! out of the log layer: the log events inside carry the same fields, and the trace ids). A
 //! lifecycle span that starts outside any trace is a root span, sampled by the trace sampling
 //! ratio. With trace export off nothing is interested in them and they cost nothing.
