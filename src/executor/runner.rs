@@ -201,10 +201,13 @@ impl Runner {
             if let Ok(done) = tokio::time::timeout(timeout, &mut answer).await {
                 return Some(done.unwrap_or_else(|_| stopped("the model instance stopped")));
             }
+            // Counted before the claim, so that the instance dropping the job never finds the
+            // count at zero; taken back if the instance claimed it first.
+            self.abandoned.fetch_add(1, Ordering::AcqRel);
             if !claim.swap(true, Ordering::AcqRel) {
-                self.abandoned.fetch_add(1, Ordering::AcqRel);
                 return None;
             }
+            self.abandoned.fetch_sub(1, Ordering::AcqRel);
         }
         Some(
             answer
