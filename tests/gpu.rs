@@ -1,8 +1,9 @@
 //! The CUDA executor on a real GPU, through the real daemon: results against the CPU executor on
 //! fresh random inputs (fp32 within 1e-5, fp16 within 1e-2, relative to the norm), with and
-//! without CUDA graphs, at batch sizes 1 to 256; a Gather index out of range; and device memory
-//! over 50 load/unload cycles. Where no usable GPU is found every test prints `SKIPPED:` with
-//! the reason and returns (`benches/gpu.sh` runs them where there is one).
+//! without CUDA graphs, at batch sizes 1 to 256; a Gather index out of range; device memory over
+//! 50 load/unload cycles; compute phases split by CUDA events, and the GPU metrics of a scrape.
+//! Where no usable GPU is found every test prints `SKIPPED:` with the reason and returns
+//! (`benches/gpu.sh` runs them where there is one).
 
 mod support;
 
@@ -279,4 +280,67 @@ fn fifty_load_unload_cycles_leave_device_memory_where_it_started() {
     let end = memory.used().unwrap();
     eprintln!("device memory in use after the first cycle: {start} bytes; after 50: {end} bytes");
     assert_eq!(end, start, "device memory moved over 49 load/unload cycles");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phases_are_split_by_cuda_events_and_the_scrape_shows_every_gpu() {
+    if !usable_gpu() {
+        return;
+    }
+    use switchyard::grpc::pb::ModelStatisticsRequest;
+    let server = Server::start(Repo::new().shipped("tabular_mlp_gpu")).await;
+    let mut client = server.client().await;
+    let mut rng = Rng(fresh_seed("phases"));
+    let runs = 8u64;
+    for _ in 0..runs {
+        client
+            .model_infer(mlp_request("tabular_mlp_gpu", 256, &mut rng))
+            .await
+            .unwrap();
+    }
+    let stats = client
+        .model_statistics(ModelStatisticsRequest {
+            name: "tabular_mlp_gpu".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let inference = stats.model_stats[0].inference_stats.unwrap();
+    for (phase, d) in [
+        ("compute_input", inference.compute_input.unwrap()),
+        ("compute_infer", inference.compute_infer.unwrap()),
+        ("compute_output", inference.compute_output.unwrap()),
+    ] {
+        eprintln!("{phase}: {} µs per batch of 256", d.ns / runs / 1000);
+        assert_eq!(d.count, runs, "{phase}");
+        // 256 rows: 64 KiB in, 10 KiB out over PCIe, and three GEMMs: each phase is measurable.
+        assert!(d.ns / runs >= 1_000, "{phase}: {} ns per run", d.ns / runs);
+    }
+
+    let text = server.scrape().await;
+    for gpu in &cuda::gpus().gpus {
+        let sample = |name: &str| {
+            support::sample_value(&text, &format!("{name}{{gpu_uuid=\"{}\"}}", gpu.uuid))
+        };
+        let total = sample("nv_gpu_memory_total_bytes");
+        let used = sample("nv_gpu_memory_used_bytes");
+        let utilization = sample("nv_gpu_utilization");
+        eprintln!(
+            "{}: {used} of {total} bytes in use, utilization {utilization}",
+            gpu.uuid
+        );
+        let cuda_total = gpu.total_memory_bytes as f64;
+        assert!(
+            (total - cuda_total).abs() <= 0.05 * cuda_total,
+            "NVML total {total} against CUDA's {cuda_total}"
+        );
+        // This process holds the model's weights, arenas and contexts on GPU 0 at least.
+        assert!(used > 0.0 && used <= total, "used {used} of {total}");
+        assert!(
+            (0.0..=1.0).contains(&utilization),
+            "utilization {utilization}"
+        );
+    }
+    stop(server).await;
 }

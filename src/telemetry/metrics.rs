@@ -1,8 +1,9 @@
 //! Prometheus metrics in the text exposition format on `/metrics`. Triton's `nv_inference_*` names
 //! and labels where the meaning is the same (so existing Triton dashboards work), our own
 //! `switchyard_*` for the model lifecycle, traffic shares, rollouts, shadow traffic and latency
-//! histograms. Values are read at scrape time from the counters the
-//! request path and the lifecycle already keep; labels are bounded (model, version, outcome).
+//! histograms; Triton's `nv_gpu_*` for each GPU's utilisation and memory. Values are read at scrape
+//! time from the counters the request path and the lifecycle already keep, and from NVML; labels
+//! are bounded (model, version, outcome, gpu_uuid).
 //!
 //! The text is written here rather than through a metrics crate because Triton's counter names
 //! carry no `_total` suffix, which the crates add to every counter.
@@ -20,6 +21,7 @@ use tokio::net::TcpListener;
 use crate::registry::Registry;
 use crate::registry::stats::VersionStats;
 
+pub mod gpu;
 mod traffic;
 
 /// The content type of the text exposition format.
@@ -209,13 +211,14 @@ fn lifecycle_families(registry: &Registry) -> Vec<Family> {
     vec![loads, seconds, swaps, retired, ready]
 }
 
-/// The whole exposition text.
-pub fn render(registry: &Registry) -> String {
+/// The whole exposition text, with `gpus` read at this scrape.
+pub fn render(registry: &Registry, gpus: &[gpu::GpuSample]) -> String {
     let mut out = String::new();
     for family in request_families(registry)
         .iter()
         .chain(&lifecycle_families(registry))
         .chain(&traffic::families(registry))
+        .chain(&gpu::families(gpus))
     {
         family.write(&mut out);
     }
@@ -224,7 +227,14 @@ pub fn render(registry: &Registry) -> String {
 }
 
 async fn scrape(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&registry))
+    // NVML calls block on the driver: off the request threads.
+    let gpus = tokio::task::spawn_blocking(gpu::sample)
+        .await
+        .unwrap_or_default();
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        render(&registry, &gpus),
+    )
 }
 
 /// Serves `/metrics` on `listener` until `shutdown` resolves.

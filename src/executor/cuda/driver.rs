@@ -1,5 +1,5 @@
 //! Owned CUDA resources over cudarc's driver and cuBLAS bindings: device and pinned host memory,
-//! streams, modules, a cuBLAS handle bound to a stream, and captured graphs. Each one keeps its
+//! streams, timing events, modules, a cuBLAS handle bound to a stream, and captured graphs. Each one keeps its
 //! context alive, binds it before every call, and frees itself on drop, so an instance that is
 //! dropped gives back everything it held. Every raw call is in this file.
 
@@ -439,6 +439,56 @@ impl Drop for Blas {
             // SAFETY: created by `create_handle`, destroyed once; the workspace field is dropped
             // after this body runs.
             let _ = unsafe { cudarc::cublas::result::destroy_handle(self.handle) };
+        }
+    }
+}
+
+/// A CUDA event with timing, for measuring intervals of a stream on the device clock.
+pub struct Event {
+    ctx: Arc<CudaContext>,
+    raw: sys::CUevent,
+}
+
+// SAFETY: an event handle may be used from any thread with the context bound; one instance (one
+// thread at a time) owns it.
+unsafe impl Send for Event {}
+
+impl Event {
+    pub fn new(ctx: &Arc<CudaContext>) -> Result<Event, String> {
+        bind(ctx)?;
+        let raw = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
+            .map_err(|e| fail("creating a CUDA event", e))?;
+        Ok(Event {
+            ctx: Arc::clone(ctx),
+            raw,
+        })
+    }
+
+    /// Queues the event on the stream: it completes when everything queued before it has.
+    pub fn record(&self, stream: &Stream) -> Result<(), String> {
+        // SAFETY: the event and the stream are alive and belong to the same context.
+        unsafe { result::event::record(self.raw, stream.raw()) }
+            .map_err(|e| fail("recording a CUDA event", e))
+    }
+
+    /// Device time from `self` to `later`, both recorded and completed (the caller synchronized
+    /// the stream they were recorded on).
+    pub fn until(&self, later: &Event) -> Result<std::time::Duration, String> {
+        // SAFETY: both events are alive, created with timing, recorded and complete.
+        let ms = unsafe { result::event::elapsed(self.raw, later.raw) }
+            .map_err(|e| fail("reading a CUDA event", e))?;
+        Ok(std::time::Duration::from_secs_f64(
+            f64::from(ms.max(0.0)) / 1e3,
+        ))
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        if bind(&self.ctx).is_ok() {
+            // SAFETY: created by `event::create`, destroyed once; the owner synchronized the
+            // stream it was recorded on.
+            let _ = unsafe { result::event::destroy(self.raw) };
         }
     }
 }

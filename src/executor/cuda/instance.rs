@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -24,7 +24,7 @@ use crate::executor::gpu_plan::shape::Launch;
 use crate::executor::{ExecError, Instance, Phases};
 use crate::tensor::Tensor;
 
-use super::driver::{Blas, DeviceBuffer, Function, Graph, PinnedBuffer, Stream};
+use super::driver::{Blas, DeviceBuffer, Event, Function, Graph, PinnedBuffer, Stream};
 use super::model::{CudaAlloc, CudaModel};
 
 /// One thing a run queues.
@@ -59,7 +59,10 @@ enum Call {
 /// Everything a run at one batch size queues, and what its Gather flags mean.
 struct Calls {
     plan: Arc<BatchPlan>,
+    /// The copies in, then the compute (kernels and GEMMs), then the copies out.
     calls: Vec<Call>,
+    /// Where the compute begins and the copies out begin in `calls`.
+    compute: std::ops::Range<usize>,
     /// Per Gather flag slot, the length of the axis it indexes.
     gather_axes: Vec<usize>,
 }
@@ -78,6 +81,9 @@ pub struct CudaInstance {
     flags_host: PinnedBuffer,
     /// Gather kernels in plan order: (node name, flag slot).
     gathers: Vec<String>,
+    /// Timing events recorded around each run: start, copies in done, compute done, copies out
+    /// done.
+    events: [Event; 4],
     /// Arena and staging addresses the cached calls were made for.
     addresses: (u64, usize),
     reserved: usize,
@@ -130,6 +136,12 @@ impl CudaInstance {
         let flag_bytes = (gathers.len() * FLAG_BYTES).max(FLAG_BYTES);
         let flags = DeviceBuffer::new(&dm.ctx, flag_bytes)?;
         let flags_host = PinnedBuffer::new(&dm.ctx, flag_bytes)?;
+        let events = [
+            Event::new(&dm.ctx)?,
+            Event::new(&dm.ctx)?,
+            Event::new(&dm.ctx)?,
+            Event::new(&dm.ctx)?,
+        ];
         let mut instance = CudaInstance {
             graphs: HashMap::new(),
             calls: HashMap::new(),
@@ -138,6 +150,7 @@ impl CudaInstance {
             flags,
             flags_host,
             gathers,
+            events,
             addresses: (0, 0),
             reserved: if batched { reserved } else { 1 },
             device,
@@ -171,7 +184,7 @@ impl CudaInstance {
         if self.model.options.graphs {
             for &batch in &sizes {
                 let calls = self.prepare(batch)?;
-                let graph = Graph::capture(&self.stream, || self.enqueue(&calls))?;
+                let graph = Graph::capture(&self.stream, || self.enqueue_compute(&calls))?;
                 graph.launch(&self.stream)?;
                 self.stream.synchronize()?;
                 self.graphs.insert(batch, graph);
@@ -448,21 +461,48 @@ impl CudaInstance {
                 });
             }
         }
+        let copies_in = calls
+            .iter()
+            .take_while(|c| matches!(c, Call::CopyIn { .. }))
+            .count();
+        let copies_out = calls
+            .iter()
+            .rev()
+            .take_while(|c| matches!(c, Call::CopyOut { .. }))
+            .count();
         Ok(Calls {
             plan: bp,
+            compute: copies_in..calls.len() - copies_out,
             calls,
             gather_axes,
         })
     }
 
-    /// Queues a run: clear the flags, the calls, then the flags back to the host.
+    /// Queues a whole run: the copies in, the compute, the copies out.
     fn enqueue(&self, calls: &Calls) -> Result<(), String> {
-        let staging = self.pool_staging();
+        self.enqueue_calls(&calls.calls[..calls.compute.start])?;
+        self.enqueue_compute(calls)?;
+        self.enqueue_calls(&calls.calls[calls.compute.end..])
+    }
+
+    /// Queues the compute of a run (what a CUDA graph holds): clear the flags, the kernels and
+    /// GEMMs, then the flags back to the host.
+    fn enqueue_compute(&self, calls: &Calls) -> Result<(), String> {
         let flagged = !self.gathers.is_empty();
         if flagged {
             self.stream.zero(self.flags.ptr(), self.flags.bytes())?;
         }
-        for call in &calls.calls {
+        self.enqueue_calls(&calls.calls[calls.compute.clone()])?;
+        if flagged {
+            self.stream
+                .copy_out(&self.flags_host, 0, self.flags.ptr(), self.flags.bytes())?;
+        }
+        Ok(())
+    }
+
+    fn enqueue_calls(&self, calls: &[Call]) -> Result<(), String> {
+        let staging = self.pool_staging();
+        for call in calls {
             match call {
                 Call::CopyIn { dst, offset, bytes } => {
                     self.stream.copy_in(*dst, staging, *offset, *bytes)?
@@ -488,11 +528,26 @@ impl CudaInstance {
                 }
             }
         }
-        if flagged {
-            self.stream
-                .copy_out(&self.flags_host, 0, self.flags.ptr(), self.flags.bytes())?;
-        }
         Ok(())
+    }
+
+    /// Queues a run between the instance's timing events and waits for it: the copies in, the
+    /// compute (the captured graph when there is one), the copies out. Returns the device time
+    /// of the copies in and of the copies out.
+    fn run_timed(&self, batch: usize, calls: &Calls) -> Result<(Duration, Duration), String> {
+        let [start, copied_in, computed, copied_out] = &self.events;
+        start.record(&self.stream)?;
+        self.enqueue_calls(&calls.calls[..calls.compute.start])?;
+        copied_in.record(&self.stream)?;
+        match self.graphs.get(&batch) {
+            Some(graph) => graph.launch(&self.stream)?,
+            None => self.enqueue_compute(calls)?,
+        }
+        computed.record(&self.stream)?;
+        self.enqueue_calls(&calls.calls[calls.compute.end..])?;
+        copied_out.record(&self.stream)?;
+        self.stream.synchronize()?;
+        Ok((start.until(copied_in)?, computed.until(copied_out)?))
     }
 
     /// The batch size of a request: the leading dimension of the first input when the plan's
@@ -544,17 +599,11 @@ impl CudaInstance {
             }
             staging.write(span.offset, &tensor.data);
         }
-        let queued = Instant::now();
-        phases.input += queued - started;
-        match self.graphs.get(&batch) {
-            Some(graph) => graph.launch(&self.stream),
-            None => self.enqueue(&calls),
-        }
-        .and_then(|()| self.stream.synchronize())
-        .map_err(ExecError::Failed)?;
+        let staged = Instant::now();
+        let (copy_in, copy_out) = self.run_timed(batch, &calls).map_err(ExecError::Failed)?;
         self.check_flags(&calls)?;
         let ran = Instant::now();
-        phases.infer += ran - queued;
+        let split = split_phases(staged - started, ran - staged, copy_in, copy_out);
         let staging = self.pool_staging().as_slice();
         let outputs = model
             .schema
@@ -574,7 +623,9 @@ impl CudaInstance {
                 }
             })
             .collect();
-        phases.output += ran.elapsed();
+        phases.input += split.input;
+        phases.infer += split.infer;
+        phases.output += split.output + ran.elapsed();
         Ok(outputs)
     }
 
@@ -599,6 +650,28 @@ impl CudaInstance {
     }
 }
 
+/// How one run's time splits into Triton's phases. The host staged the inputs for `staging`, then
+/// waited `device` for the stream, of which the CUDA events timed `copy_in` copying inputs to the
+/// GPU and `copy_out` copying outputs back. Input is staging and copy-in, output the copy-out (the
+/// caller adds its host work), infer the rest of the wait: the kernels and their launches. The
+/// three add up to `staging + device`.
+fn split_phases(
+    staging: Duration,
+    device: Duration,
+    copy_in: Duration,
+    copy_out: Duration,
+) -> Phases {
+    // Event timestamps and the host clock differ by microseconds; the copies never take more
+    // than the wait they are part of.
+    let copy_in = copy_in.min(device);
+    let copy_out = copy_out.min(device - copy_in);
+    Phases {
+        input: staging + copy_in,
+        infer: device - copy_in - copy_out,
+        output: copy_out,
+    }
+}
+
 impl Instance for CudaInstance {
     fn execute(
         &mut self,
@@ -613,5 +686,36 @@ impl Drop for CudaInstance {
     fn drop(&mut self) {
         // Nothing may still use the memory the fields free.
         let _ = self.stream.bind().and_then(|()| self.stream.synchronize());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: Duration = Duration::from_micros(1);
+
+    #[test]
+    fn copies_go_to_input_and_output_and_the_rest_of_the_wait_to_infer() {
+        let p = split_phases(5 * US, 100 * US, 12 * US, 30 * US);
+        assert_eq!(p.input, 17 * US);
+        assert_eq!(p.infer, 58 * US);
+        assert_eq!(p.output, 30 * US);
+        assert_eq!(p.input + p.infer + p.output, 105 * US);
+    }
+
+    #[test]
+    fn device_times_past_the_host_wait_are_capped_so_nothing_underflows() {
+        // The events' clock may read a little more than the host waited.
+        let p = split_phases(2 * US, 40 * US, 25 * US, 20 * US);
+        assert_eq!(p.input, 27 * US);
+        assert_eq!(p.infer, Duration::ZERO);
+        assert_eq!(p.output, 15 * US);
+        assert_eq!(p.input + p.infer + p.output, 42 * US);
+        let p = split_phases(Duration::ZERO, 10 * US, 50 * US, 50 * US);
+        assert_eq!(
+            (p.input, p.infer, p.output),
+            (10 * US, Duration::ZERO, Duration::ZERO)
+        );
     }
 }

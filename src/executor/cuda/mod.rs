@@ -20,6 +20,8 @@ use cudarc::driver::CudaContext;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GpuInfo {
     pub ordinal: usize,
+    /// The device's UUID as NVML and `nvidia-smi` write it: `GPU-` and 32 hex digits in groups.
+    pub uuid: String,
     pub name: String,
     pub compute_capability: (i32, i32),
     pub total_memory_bytes: usize,
@@ -87,6 +89,12 @@ fn list_gpus() -> Result<Vec<GpuInfo>, String> {
             let context = CudaContext::new(ordinal).map_err(|e| format!("GPU {ordinal}: {e:?}"))?;
             Ok(GpuInfo {
                 ordinal,
+                uuid: format_uuid(
+                    &context
+                        .uuid()
+                        .map_err(|e| format!("GPU {ordinal}: {e:?}"))?
+                        .bytes,
+                ),
                 name: context
                     .name()
                     .map_err(|e| format!("GPU {ordinal}: {e:?}"))?,
@@ -99,6 +107,19 @@ fn list_gpus() -> Result<Vec<GpuInfo>, String> {
             })
         })
         .collect()
+}
+
+/// A CUDA device UUID in NVML's form: `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+pub fn format_uuid(bytes: &[std::ffi::c_char; 16]) -> String {
+    let hex: Vec<String> = bytes.iter().map(|&b| format!("{:02x}", b as u8)).collect();
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        hex[..4].concat(),
+        hex[4..6].concat(),
+        hex[6..8].concat(),
+        hex[8..10].concat(),
+        hex[10..].concat()
+    )
 }
 
 /// Why a KIND_GPU instance group cannot load here, if it cannot: no GPU, or the NVRTC or cuBLAS
@@ -151,6 +172,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn uuids_are_written_as_nvml_writes_them() {
+        let bytes: [std::ffi::c_char; 16] =
+            std::array::from_fn(|i| (i * 17) as u8 as std::ffi::c_char);
+        assert_eq!(
+            format_uuid(&bytes),
+            "GPU-00112233-4455-6677-8899-aabbccddeeff"
+        );
+    }
+
+    #[test]
     fn the_probe_answers_without_panicking_with_or_without_a_gpu() {
         let probe = probe();
         assert_eq!(
@@ -161,6 +192,12 @@ mod tests {
         for gpu in &probe.gpus {
             assert!(
                 !gpu.name.is_empty() && gpu.total_memory_bytes > 0,
+                "{gpu:?}"
+            );
+        }
+        for gpu in &probe.gpus {
+            assert!(
+                gpu.uuid.starts_with("GPU-") && gpu.uuid.len() == 40,
                 "{gpu:?}"
             );
         }
