@@ -9,6 +9,8 @@
 # shipped dynamic_batching) and `tabular_mlp_unbatched` (none).
 # Environment: AB_MODEL=tabular_mlp_batched AB_CONCURRENCY=32 AB_ROUNDS=4 AB_SECS=6
 #   AB_CLIENT=PATH  the switchyard binary that runs `perf` (default: the first one)
+#   AB_TRACE=1      every daemon traces every request (sampling 1.0) to one live OTLP receiver
+#                   (benches/otlp_sink.rs, built here), which counts the spans
 set -euo pipefail
 cd "$(dirname "$0")/.."
 (($# >= 2)) || { echo "usage: bash benches/ab.sh BIN_A BIN_B [BIN...]" >&2; exit 64; }
@@ -31,10 +33,26 @@ done
 sed -i '/dynamic_batching/d' "$REPO/tabular_mlp_unbatched/config.pbtxt"
 cp -r model_repository/simple "$REPO/"
 
+SERVE_ARGS=()
+if [[ ${AB_TRACE:-0} == 1 ]]; then
+    SINK=$(cargo bench --bench otlp_sink --no-run --message-format=json 2>/dev/null \
+        | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "otlp_sink" and m.get("executable"):
+        print(m["executable"])' | tail -1)
+    [[ -x $SINK ]] || die "cannot build the otlp_sink bench binary"
+    setsid "$SINK" --port 0 >"$OUT/sink.out" 2>"$OUT/sink.err" &
+    PIDS+=($!)
+    until grep -q listening "$OUT/sink.out" 2>/dev/null; do sleep 0.1; done
+    SERVE_ARGS=(--otlp-endpoint "http://$(awk '/listening/ {print $2}' "$OUT/sink.out")"
+        --trace-sampling-ratio 1.0)
+fi
+
 for round in $(seq "$ROUNDS"); do
     for i in $(seq $#); do
         bin=${!i}
-        start_switchyard "$bin" "$REPO" "$OUT/daemon.log"
+        start_switchyard "$bin" "$REPO" "$OUT/daemon.log" ${SERVE_ARGS[@]+"${SERVE_ARGS[@]}"}
         PIDS+=("$SY_PID")
         "$CLIENT" perf -u "$SY_ADDR" -m "$MODEL" --concurrency "$CONCURRENCY" \
             --measurement-secs "$SECS" --warmup-secs 1 --json "$OUT/$i-$round.json" \
@@ -55,3 +73,6 @@ for i, name in enumerate(bins, 1):
     print(f"{name}: median {statistics.median(rps):9.1f} req/s  p99 {p99:6.0f} us  "
           f"rounds {[round(x) for x in rps]}  errors {errors}")
 PY
+if [[ ${AB_TRACE:-0} == 1 ]]; then
+    log "receiver: $(tail -1 "$OUT/sink.err")"
+fi
