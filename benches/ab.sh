@@ -35,17 +35,8 @@ cp -r model_repository/simple "$REPO/"
 
 SERVE_ARGS=()
 if [[ ${AB_TRACE:-0} == 1 ]]; then
-    SINK=$(cargo bench --bench otlp_sink --no-run --message-format=json 2>/dev/null \
-        | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "otlp_sink" and m.get("executable"):
-        print(m["executable"])' | tail -1)
-    [[ -x $SINK ]] || die "cannot build the otlp_sink bench binary"
-    setsid "$SINK" --port 0 >"$OUT/sink.out" 2>"$OUT/sink.err" &
-    PIDS+=($!)
-    until grep -q listening "$OUT/sink.out" 2>/dev/null; do sleep 0.1; done
-    SERVE_ARGS=(--otlp-endpoint "http://$(awk '/listening/ {print $2}' "$OUT/sink.out")"
+    start_otlp_sink "$OUT"
+    SERVE_ARGS=(--otlp-endpoint "http://$SINK_ADDR"
         --trace-sampling-ratio 1.0)
 fi
 

@@ -1,7 +1,7 @@
 # Shared by the benchmark scripts: `source benches/lib.sh NAME` after `set -euo pipefail`.
 # Provides log/die (prefixed with NAME), free_port, listening_addr, and PIDS: servers started with
 # setsid and appended to PIDS are stopped, process group and all (Triton's python-backend stubs
-# included), when the script exits.
+# included), when the script exits. start_otlp_sink DIR starts a live OTLP receiver.
 
 BENCH_NAME=${1:-bench}
 
@@ -60,6 +60,23 @@ bench_cleanup() {
 }
 trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
+
+# start_otlp_sink DIR: builds and starts benches/otlp_sink.rs (a live OTLP/gRPC receiver that
+# counts spans) with its output in DIR; its PID goes to PIDS and its address to SINK_ADDR.
+start_otlp_sink() {
+    local dir=$1 sink
+    sink=$(cargo bench --bench otlp_sink --no-run --message-format=json 2>/dev/null \
+        | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "otlp_sink" and m.get("executable"):
+        print(m["executable"])' | tail -1)
+    [[ -x $sink ]] || die "cannot build the otlp_sink bench binary"
+    setsid "$sink" --port 0 >"$dir/sink.out" 2>"$dir/sink.err" &
+    PIDS+=($!)
+    until grep -q listening "$dir/sink.out" 2>/dev/null; do sleep 0.1; done
+    SINK_ADDR=$(awk '/listening/ {print $2}' "$dir/sink.out")
+}
 
 # start_triton VENV REPO LOG: starts NVIDIA Triton from nvidia-pytriton installed in VENV (an
 # absolute path) on free ports, serving REPO with the python backend; its PID goes to PIDS and its

@@ -9,22 +9,11 @@ ROUNDS=${TRACING_ROUNDS:-3}
 SECS=${TRACING_SECS:-5}
 CONCURRENCY=${TRACING_CONCURRENCY:-8}
 OUT=$(mktemp -d -t switchyard-tracing.XXXXXX)
-# log, die, listening_addr, and PIDS stopped (process groups) at exit.
+# log, die, listening_addr, start_otlp_sink, and PIDS stopped (process groups) at exit.
 source benches/lib.sh tracing
 
 cargo build --release --quiet
-SINK=$(cargo bench --bench otlp_sink --no-run --message-format=json 2>/dev/null \
-    | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "otlp_sink" and m.get("executable"):
-        print(m["executable"])' | tail -1)
-[ -x "$SINK" ] || { echo "tracing: cannot find the otlp_sink bench binary" >&2; exit 1; }
-
-setsid "$SINK" --port 0 >"$OUT/sink.out" 2>"$OUT/sink.err" &
-PIDS+=($!)
-until grep -q listening "$OUT/sink.out" 2>/dev/null; do sleep 0.1; done
-SINK_ADDR=$(awk '/listening/ {print $2}' "$OUT/sink.out")
+start_otlp_sink "$OUT"
 
 # start_daemon NAME EXTRA_ARGS...: starts a daemon in its own session (its PID kept in PIDS, in
 # this shell, so it is stopped at exit); wait_addr NAME then prints its gRPC address.
