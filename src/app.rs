@@ -155,6 +155,7 @@ fn log_gpus() {
             for gpu in &probe.gpus {
                 info!(
                     ordinal = gpu.ordinal,
+                    uuid = %gpu.uuid,
                     name = %gpu.name,
                     compute_capability = ?gpu.compute_capability,
                     memory_mib = gpu.total_memory_bytes >> 20,
