@@ -141,6 +141,37 @@ for m in "${MODELS[@]}"; do
     done
 done
 
+# --- the daemon's own view: compute phases per execution (split by CUDA events) and GPU gauges ---
+METRICS_ADDR=$(listening_addr "$OUT/switchyard.log" metrics)
+set +e
+python3 - "$METRICS_ADDR" <<'EOF' | tee "$OUT/phases.txt"
+import re, sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=10).read().decode()
+samples = {}
+for line in text.splitlines():
+    m = re.match(r'(\w+)\{([^}]*)\} (\S+)$', line)
+    if m:
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+        samples[(m.group(1), labels.get("model"), labels.get("gpu_uuid"))] = float(m.group(3))
+print(f"{'model':18} {'executions':>10} {'input µs':>9} {'infer µs':>9} {'output µs':>9}"
+      "  (means per execution, all batch sizes)")
+for (name, model, _), count in sorted(samples.items(), key=lambda kv: str(kv[0][1])):
+    if name != "nv_inference_exec_count" or not count:
+        continue
+    mean = lambda phase: samples.get((f"nv_inference_compute_{phase}_duration_us", model, None), 0) / count
+    print(f"{model:18} {count:10.0f} {mean('input'):9.1f} {mean('infer'):9.1f} {mean('output'):9.1f}")
+gpus = sorted({uuid for (name, _, uuid) in samples if name.startswith("nv_gpu_") and uuid})
+for uuid in gpus:
+    g = lambda name: samples.get((name, None, uuid))
+    print(f"{uuid}: utilization {g('nv_gpu_utilization')}, memory used "
+          f"{g('nv_gpu_memory_used_bytes'):.0f} of {g('nv_gpu_memory_total_bytes'):.0f} bytes")
+if not gpus:
+    print("no nv_gpu_* samples in /metrics")
+    sys.exit(1)
+EOF
+[[ ${PIPESTATUS[0]} == 0 ]] || TEST_FAILURES+=("no GPU metrics in /metrics")
+set -e
+
 # --- a clean exit: SIGTERM, instances release the GPU, exit code 0 ---
 kill -TERM "${PIDS[-1]}"
 set +e

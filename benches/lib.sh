@@ -24,9 +24,9 @@ for line in open(sys.argv[1]):
     except ValueError:
         continue
     f = r.get("fields", {})
-    if f.get("message") == "listening" and f.get("service") == "grpc":
+    if f.get("message") == "listening" and f.get("service") == sys.argv[2]:
         print(f["addr"]); break
-' "$1"
+' "$1" "${2:-grpc}"
 }
 
 # start_switchyard BIN REPO LOG [SERVE_ARGS...]: serves REPO on ports it picks, in a process group
