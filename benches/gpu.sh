@@ -4,7 +4,8 @@
 # skip here), runs the PyTorch baseline on the same GPU (benches/gpu/torch_ref.py: the same
 # weights, correctness against onnxruntime, throughput), then drives the daemon with
 # `switchyard perf` at batch 1 to 256 for the MLP and the encoder block, fp32 and fp16, with and
-# without CUDA graphs, and prints the table: daemon vs PyTorch, batch-1 p99, and the share of
+# without CUDA graphs, reads the daemon's compute phases (split by CUDA events) and `nv_gpu_*`
+# gauges from /metrics, and prints the table: daemon vs PyTorch, batch-1 p99, and the share of
 # cuBLAS's GEMM throughput the largest batch reaches.
 #
 #   bash benches/gpu.sh                      # build here, then run
