@@ -289,3 +289,57 @@ async fn a_gpu_model_without_a_gpu_executor_fails_alone_with_the_reason() {
     assert_eq!(raw_i32(&ok.raw_output_contents[0]), vec![3; 16]);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn perf_splits_its_load_over_threads_and_counts_every_answer() {
+    use std::time::Duration;
+    use switchyard::perf::{PerfError, PerfOptions};
+
+    let server = Server::start(Repo::new().shipped("simple")).await;
+    // Connecting waits for the models to load.
+    drop(server.client().await);
+    let mut opts = PerfOptions::new(server.addr.to_string(), "simple");
+    opts.concurrency = vec![6];
+    opts.connections = 3;
+    opts.threads = 2;
+    opts.warmup = Duration::from_millis(100);
+    opts.duration = Duration::from_millis(400);
+    let reports = switchyard::perf::run(&opts).await.unwrap();
+    let report = &reports[0];
+    assert_eq!(
+        (report.concurrency, report.connections, report.threads),
+        (6, 3, 2)
+    );
+    assert_eq!(report.error_count, 0, "{:?}", report.error_sample);
+    assert!(report.requests > 0);
+    assert_eq!(report.versions.get("1"), Some(&report.requests));
+
+    // The server answered at least every request the window counted (it also served the
+    // warm-up and the requests still in flight at the window's end).
+    let mut client = server.client().await;
+    let stats = client
+        .model_statistics(ModelStatisticsRequest {
+            name: "simple".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let served = stats.model_stats[0]
+        .inference_stats
+        .unwrap()
+        .success
+        .unwrap()
+        .count;
+    assert!(served >= report.requests, "{served} < {}", report.requests);
+
+    // A server that is not there: a connection error, not a hang.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let mut opts = PerfOptions::new(addr.to_string(), "simple");
+    opts.request_timeout = Duration::from_secs(2);
+    let err = switchyard::perf::run(&opts).await.unwrap_err();
+    assert!(matches!(err, PerfError::Connect { .. }), "{err}");
+    server.stop().await;
+}

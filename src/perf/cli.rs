@@ -91,6 +91,9 @@ pub struct PerfArgs {
     /// Maximum HTTP/2 connections per level; tasks share them round-robin.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
+    /// Client threads, each owning its share of the connections (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Full shape of an input, as sent (repeatable), e.g. --shape INPUT0:1,16.
     #[arg(long, value_name = "NAME:D1,D2,...", value_parser = parse_shape)]
     pub shape: Vec<(String, Vec<i64>)>,
@@ -126,6 +129,7 @@ impl PerfArgs {
             connections: self.connections,
             shapes: self.shape.iter().cloned().collect::<HashMap<_, _>>(),
             request_timeout: self.request_timeout_secs,
+            threads: self.threads.unwrap_or_else(super::default_threads),
             routing_keys: self.routing_keys,
         }
     }

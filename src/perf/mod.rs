@@ -8,6 +8,9 @@
 //! Connections: the tasks of one level share a small, fixed number of HTTP/2 connections
 //! (`PerfOptions::connections`, default 4). Task `i` uses connection `i % connections`; each connection
 //! is a separately connected [`tonic::transport::Channel`], opened before the warm-up starts.
+//! Threads: the connections are split over `PerfOptions::threads` threads (default one per core,
+//! at most one per connection), each running a single-threaded runtime that owns its connections
+//! and their tasks, so that nothing crosses threads per request.
 //!
 //! The request is built once per run from the model's `ModelMetadata` (see [`request`]) and cloned for
 //! each call, so the client spends as little CPU per request as possible. With
@@ -56,6 +59,9 @@ pub struct PerfOptions {
     /// Deadline of a single request. A request exceeding it counts as a `DeadlineExceeded` error, and
     /// it bounds how long a level can run past its measurement window.
     pub request_timeout: Duration,
+    /// Client threads, each with a single-threaded runtime that owns its share of the connections
+    /// and their tasks (at most one thread per connection). At least 1.
+    pub threads: usize,
     /// Number of distinct routing keys (`user-0` .. `user-{N-1}`) sent as the `routing_key`
     /// request parameter, cycled through by every task; 0 sends none.
     pub routing_keys: usize,
@@ -66,7 +72,8 @@ pub const MAX_ROUTING_KEYS: usize = 1 << 20;
 
 impl PerfOptions {
     /// Options with `perf_analyzer`-like defaults for `model` at `url`: concurrency 1, 5 s measurement,
-    /// 1 s warm-up, batch 1, 4 connections, 10 s request deadline, no routing keys.
+    /// 1 s warm-up, batch 1, 4 connections, 10 s request deadline, one client thread per core, no
+    /// routing keys.
     pub fn new(url: impl Into<String>, model: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -79,9 +86,15 @@ impl PerfOptions {
             connections: 4,
             shapes: HashMap::new(),
             request_timeout: Duration::from_secs(10),
+            threads: default_threads(),
             routing_keys: 0,
         }
     }
+}
+
+/// One client thread per core the process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Why a `perf` run could not produce reports. Per-request failures during the load are not errors:
@@ -121,6 +134,9 @@ pub enum PerfError {
     /// A load task panicked or was cancelled.
     #[error("load task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A load thread could not start, or panicked.
+    #[error("load thread failed: {0}")]
+    Thread(String),
     /// Writing the JSON report failed.
     #[error("cannot write {path}: {source}")]
     Io {
@@ -143,7 +159,7 @@ fn normalise_url(url: &str) -> String {
 }
 
 /// Opens one HTTP/2 connection to `url`.
-async fn connect(url: &str, opts: &PerfOptions) -> Result<Channel, PerfError> {
+pub(crate) async fn connect(url: &str, opts: &PerfOptions) -> Result<Channel, PerfError> {
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|source| PerfError::InvalidUrl {
             url: url.to_string(),
@@ -170,6 +186,9 @@ fn validate(opts: &PerfOptions) -> Result<(), PerfError> {
     }
     if opts.batch == 0 {
         return bad("batch size must be at least 1");
+    }
+    if opts.threads == 0 {
+        return bad("threads must be at least 1");
     }
     if opts.connections == 0 {
         return bad("connections must be at least 1");
@@ -246,11 +265,7 @@ pub async fn run(opts: &PerfOptions) -> Result<Vec<PerfReport>, PerfError> {
             opts.duration.as_secs_f64()
         );
         let n_conn = opts.connections.min(level);
-        let mut channels = Vec::with_capacity(n_conn);
-        for _ in 0..n_conn {
-            channels.push(connect(&url, opts).await?);
-        }
-        let stats = worker::run_level(&channels, &requests, level, opts).await?;
+        let stats = worker::run_level(&url, &requests, level, n_conn, opts).await?;
         let report = PerfReport::from_stats(&url, opts, level, n_conn, stats);
         eprintln!("{report}");
         reports.push(report);

@@ -33,6 +33,9 @@ pub struct PerfReport {
     pub concurrency: usize,
     /// HTTP/2 connections the tasks shared.
     pub connections: usize,
+    /// Client threads the connections were split over.
+    #[serde(default)]
+    pub threads: usize,
     /// Batch size of every request.
     pub batch: usize,
     /// Distinct `routing_key` request parameters cycled through (0: none sent).
@@ -91,6 +94,7 @@ impl PerfReport {
             model_version: opts.version.clone(),
             concurrency,
             connections,
+            threads: opts.threads.clamp(1, connections.max(1)),
             batch: opts.batch,
             routing_keys: opts.routing_keys,
             duration_secs: secs,

@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
 use crate::grpc::pb;
 use crate::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 
-use super::{PerfError, PerfOptions};
+use super::{PerfError, PerfOptions, connect};
 
 /// Highest latency the histograms track exactly (µs); slower requests are recorded at this value.
 pub const MAX_TRACKED_US: u64 = 60_000_000;
@@ -126,37 +127,170 @@ async fn closed_loop(
     stats
 }
 
-/// Runs `level` closed-loop tasks over `channels` (task `i` on channel `i % channels.len()`):
-/// warm-up first, then the measurement window. Returns the merged statistics of the window.
-/// Every task cycles through all of `requests` (not empty), task `i` starting at
+/// Runs `level` closed-loop tasks over `n_conn` connections to `url` (task `i` on connection
+/// `i % n_conn`): warm-up first, then the measurement window. Returns the merged statistics of the
+/// window. Every task cycles through all of `requests` (not empty), task `i` starting at
 /// `i × len / level`, so that the tasks send different keys at any moment.
+///
+/// The work is split over `opts.threads` threads (at most one per connection), each with a
+/// single-threaded runtime of its own that owns its connections and their tasks: nothing crosses
+/// threads per request, so the client costs less CPU per request than on a shared work-stealing
+/// runtime. The window starts once every thread has connected.
 pub async fn run_level(
-    channels: &[Channel],
+    url: &str,
     requests: &[pb::ModelInferRequest],
     level: usize,
+    n_conn: usize,
     opts: &PerfOptions,
 ) -> Result<LevelStats, PerfError> {
     assert!(!requests.is_empty(), "run_level needs a request");
+    assert!(n_conn >= 1 && n_conn <= level, "1 ≤ connections ≤ level");
     let requests: Arc<[pb::ModelInferRequest]> = requests.into();
-    let window_start = Instant::now() + opts.warmup;
-    let end = window_start + opts.duration;
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..level {
-        let client = GrpcInferenceServiceClient::new(channels[i % channels.len()].clone())
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
-        tasks.spawn(closed_loop(
-            client,
-            requests.clone(),
-            i * requests.len() / level,
-            window_start,
-            end,
-            opts.request_timeout,
-        ));
+    let shards = opts.threads.clamp(1, n_conn);
+    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(shards);
+    let mut windows = Vec::with_capacity(shards);
+    let mut results = Vec::with_capacity(shards);
+    for shard in 0..shards {
+        let (window_tx, window_rx) = oneshot::channel::<(Instant, Instant)>();
+        let (done_tx, done_rx) = oneshot::channel();
+        windows.push(window_tx);
+        results.push(done_rx);
+        let shard_run = Shard {
+            url: url.to_string(),
+            opts: opts.clone(),
+            requests: Arc::clone(&requests),
+            connections: (0..n_conn).filter(|c| c % shards == shard).collect(),
+            tasks: (0..level)
+                .filter(|i| (i % n_conn) % shards == shard)
+                .collect(),
+            level,
+            n_conn,
+        };
+        let ready = ready_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("perf-{shard}"))
+            .spawn(move || {
+                let _ = done_tx.send(shard_run.run(ready, window_rx));
+            })
+            .map_err(|e| PerfError::Thread(e.to_string()))?;
+    }
+    drop(ready_tx);
+    let mut connected = 0;
+    while connected < shards && ready_rx.recv().await.is_some() {
+        connected += 1;
+    }
+    if connected == shards {
+        let window_start = Instant::now() + opts.warmup;
+        for window in windows {
+            let _ = window.send((window_start, window_start + opts.duration));
+        }
+    } else {
+        // A thread could not connect: the others stop without running.
+        drop(windows);
     }
     let mut total = LevelStats::new(opts.duration);
-    while let Some(joined) = tasks.join_next().await {
-        total.merge(joined?);
+    let mut failure = None;
+    for result in results {
+        match result.await {
+            Ok(Some(Ok(stats))) => total.merge(stats),
+            Ok(Some(Err(e))) => failure = failure.or(Some(e)),
+            Ok(None) => {}
+            Err(_) => {
+                failure = failure.or(Some(PerfError::Thread("a load thread panicked".into())));
+            }
+        }
     }
-    Ok(total)
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
+}
+
+/// One thread's share of a level: its connections and the tasks on them.
+struct Shard {
+    url: String,
+    opts: PerfOptions,
+    requests: Arc<[pb::ModelInferRequest]>,
+    /// Indices (of `n_conn`) of the connections this thread opens.
+    connections: Vec<usize>,
+    /// Indices (of `level`) of the tasks this thread runs; task `i` uses connection `i % n_conn`.
+    tasks: Vec<usize>,
+    level: usize,
+    n_conn: usize,
+}
+
+impl Shard {
+    /// Connects, reports ready, waits for the window and runs the tasks. `None` when the window
+    /// never came (another thread failed to connect).
+    fn run(
+        self,
+        ready: mpsc::Sender<()>,
+        window: oneshot::Receiver<(Instant, Instant)>,
+    ) -> Option<Result<LevelStats, PerfError>> {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => return Some(Err(PerfError::Thread(e.to_string()))),
+        };
+        rt.block_on(async move {
+            let mut channels = Vec::with_capacity(self.connections.len());
+            for _ in &self.connections {
+                match connect(&self.url, &self.opts).await {
+                    Ok(channel) => channels.push(channel),
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            let _ = ready.send(()).await;
+            drop(ready);
+            let (window_start, end) = window.await.ok()?;
+            let mut tasks = tokio::task::JoinSet::new();
+            for &i in &self.tasks {
+                let conn = i % self.n_conn;
+                let at = self
+                    .connections
+                    .iter()
+                    .position(|&c| c == conn)
+                    .expect("a task's connection belongs to its thread");
+                let client = GrpcInferenceServiceClient::new(channels[at].clone())
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX);
+                tasks.spawn(closed_loop(
+                    client,
+                    Arc::clone(&self.requests),
+                    i * self.requests.len() / self.level,
+                    window_start,
+                    end,
+                    self.opts.request_timeout,
+                ));
+            }
+            let mut total = LevelStats::new(self.opts.duration);
+            while let Some(joined) = tasks.join_next().await {
+                match joined {
+                    Ok(stats) => total.merge(stats),
+                    Err(e) => return Some(Err(PerfError::Task(e))),
+                }
+            }
+            Some(Ok(total))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn threads_that_cannot_connect_end_the_level_with_the_connection_error() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let mut opts = PerfOptions::new(url.clone(), "simple");
+        opts.threads = 2;
+        opts.request_timeout = Duration::from_secs(2);
+        let request = pb::ModelInferRequest::default();
+        let err = run_level(&url, &[request], 4, 2, &opts).await.err();
+        assert!(matches!(err, Some(PerfError::Connect { .. })), "{err:?}");
+    }
 }
