@@ -229,14 +229,7 @@ async fn statistics_count_what_was_served() {
     let mut bad = simple_request(&[0; 16], &[0; 16], 1);
     bad.inputs[1].datatype = "FP32".into();
     client.model_infer(bad).await.unwrap_err();
-    let stats = client
-        .model_statistics(ModelStatisticsRequest {
-            name: "simple".into(),
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = simple_statistics(&mut client).await;
     let s = &stats.model_stats[0];
     assert_eq!((s.name.as_str(), s.version.as_str()), ("simple", "1"));
     assert_eq!(s.inference_count, 6);
@@ -316,15 +309,7 @@ async fn perf_splits_its_load_over_threads_and_counts_every_answer() {
 
     // The server answered at least every request the window counted (it also served the
     // warm-up and the requests still in flight at the window's end).
-    let mut client = server.client().await;
-    let stats = client
-        .model_statistics(ModelStatisticsRequest {
-            name: "simple".into(),
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = simple_statistics(&mut server.client().await).await;
     let served = stats.model_stats[0]
         .inference_stats
         .unwrap()
@@ -342,4 +327,19 @@ async fn perf_splits_its_load_over_threads_and_counts_every_answer() {
     let err = switchyard::perf::run(&opts).await.unwrap_err();
     assert!(matches!(err, PerfError::Connect { .. }), "{err}");
     server.stop().await;
+}
+
+async fn simple_statistics(
+    client: &mut switchyard::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient<
+        tonic::transport::Channel,
+    >,
+) -> ModelStatisticsResponse {
+    client
+        .model_statistics(ModelStatisticsRequest {
+            name: "simple".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
