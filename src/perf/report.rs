@@ -94,7 +94,7 @@ impl PerfReport {
             model_version: opts.version.clone(),
             concurrency,
             connections,
-            threads: opts.threads.clamp(1, connections.max(1)),
+            threads: super::worker::thread_count(opts, connections),
             batch: opts.batch,
             routing_keys: opts.routing_keys,
             duration_secs: secs,

@@ -146,7 +146,7 @@ pub async fn run_level(
     assert!(!requests.is_empty(), "run_level needs a request");
     assert!(n_conn >= 1 && n_conn <= level, "1 ≤ connections ≤ level");
     let requests: Arc<[pb::ModelInferRequest]> = requests.into();
-    let shards = opts.threads.clamp(1, n_conn);
+    let shards = thread_count(opts, n_conn);
     let (ready_tx, mut ready_rx) = mpsc::channel::<()>(shards);
     let mut windows = Vec::with_capacity(shards);
     let mut results = Vec::with_capacity(shards);
@@ -204,6 +204,12 @@ pub async fn run_level(
         Some(e) => Err(e),
         None => Ok(total),
     }
+}
+
+/// The threads a level with `n_conn` connections runs on: `opts.threads`, at most one per
+/// connection, at least one.
+pub(crate) fn thread_count(opts: &PerfOptions, n_conn: usize) -> usize {
+    opts.threads.clamp(1, n_conn.max(1))
 }
 
 /// One thread's share of a level: its connections and the tasks on them.
