@@ -63,6 +63,7 @@ trap 'exit 130' INT TERM
 
 # start_otlp_sink DIR: builds and starts benches/otlp_sink.rs (a live OTLP/gRPC receiver that
 # counts spans) with its output in DIR; its PID goes to PIDS and its address to SINK_ADDR.
+# OTLP_SINK_DECODE=1 makes it decode every span in full, as a collector does.
 start_otlp_sink() {
     local dir=$1 sink
     sink=$(cargo bench --bench otlp_sink --no-run --message-format=json 2>/dev/null \
@@ -72,7 +73,9 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "otlp_sink" and m.get("executable"):
         print(m["executable"])' | tail -1)
     [[ -x $sink ]] || die "cannot build the otlp_sink bench binary"
-    setsid "$sink" --port 0 >"$dir/sink.out" 2>"$dir/sink.err" &
+    local args=(--port 0)
+    [[ ${OTLP_SINK_DECODE:-0} == 1 ]] && args+=(--decode)
+    setsid "$sink" "${args[@]}" >"$dir/sink.out" 2>"$dir/sink.err" &
     PIDS+=($!)
     until grep -q listening "$dir/sink.out" 2>/dev/null; do sleep 0.1; done
     SINK_ADDR=$(awk '/listening/ {print $2}' "$dir/sink.out")

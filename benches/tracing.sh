@@ -3,6 +3,8 @@
 # request traced (sampling 1.0) into a live OTLP receiver (benches/otlp_sink.rs), in interleaved
 # rounds on this machine; prints medians and the ratio traced / untraced.
 # Environment: TRACING_ROUNDS=3 TRACING_SECS=5 TRACING_CONCURRENCY=8
+#   OTLP_SINK_DECODE=1  the receiver decodes every span in full (default: it counts them, reading
+#                       each span as an undecoded byte range, to take less of the shared CPUs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${TRACING_ROUNDS:-3}
