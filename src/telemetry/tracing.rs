@@ -8,7 +8,7 @@
 //! (`set_exporter`, served as `switchyard.v1.Telemetry/SetTraceExporter`). Export errors (no
 //! collector) are logged by the exporter and never fail a request.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -16,12 +16,13 @@ use arc_swap::ArcSwapOption;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SpanData, SpanProcessor};
 
+use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::trace::{Link, SpanKind, TraceId, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{
-    Sampler, SamplingResult, SdkTracer, SdkTracerProvider, ShouldSample,
+    Sampler, SamplingDecision, SamplingResult, SdkTracer, SdkTracerProvider, ShouldSample,
 };
 
 use crate::error::Error;
@@ -30,6 +31,15 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// The share of traces starting here that are recorded, as `f64` bits (1.0 until started).
 static RATIO: AtomicU64 = AtomicU64::new(0x3FF0_0000_0000_0000);
+
+/// The ratio the daemon started with, which a reset of the sampling returns to.
+static START_RATIO: AtomicU64 = AtomicU64::new(0x3FF0_0000_0000_0000);
+
+/// Whether new traces are held off (Triton's `trace_level` OFF) while export stays configured.
+static PAUSED: AtomicBool = AtomicBool::new(false);
+
+/// How many more traces may start here; negative means no limit (Triton's `trace_count`).
+static REMAINING: AtomicI64 = AtomicI64::new(-1);
 
 /// Whether request spans are being recorded and exported.
 pub fn enabled() -> bool {
@@ -57,6 +67,109 @@ pub fn set_sampling_ratio(ratio: f64) -> Result<(), Error> {
     RATIO.store(ratio.to_bits(), Ordering::Relaxed);
     tracing::info!(ratio, "trace sampling ratio changed");
     Ok(())
+}
+
+/// The sampling ratio the daemon started with.
+pub fn start_sampling_ratio() -> f64 {
+    f64::from_bits(START_RATIO.load(Ordering::Relaxed))
+}
+
+/// Whether new traces are held off.
+pub fn paused() -> bool {
+    PAUSED.load(Ordering::Relaxed)
+}
+
+/// How many more traces may start here (negative: no limit).
+pub fn remaining_traces() -> i64 {
+    REMAINING.load(Ordering::Relaxed)
+}
+
+fn require_export(what: &str) -> Result<(), Error> {
+    if enabled() {
+        Ok(())
+    } else {
+        Err(Error::FailedPrecondition(format!(
+            "cannot change {what}: trace export is off (start the daemon with an OTLP endpoint, \
+             or set one with switchyard.v1.Telemetry/SetTraceExporter)"
+        )))
+    }
+}
+
+/// Holds off new traces (`true`) or lets them start again. Spans of traces already started
+/// still finish. Refused while no trace export is running.
+pub fn set_paused(paused: bool) -> Result<(), Error> {
+    require_export("the trace level")?;
+    PAUSED.store(paused, Ordering::Relaxed);
+    tracing::info!(paused, "trace level changed");
+    Ok(())
+}
+
+/// Lets at most `count` more traces start here (negative: no limit). Refused while no trace
+/// export is running.
+pub fn set_remaining_traces(count: i64) -> Result<(), Error> {
+    require_export("the trace count")?;
+    REMAINING.store(count.max(-1), Ordering::Relaxed);
+    tracing::info!(count, "trace count changed");
+    Ok(())
+}
+
+/// Takes one trace from the remaining count; false when none is left.
+fn take_trace() -> bool {
+    if REMAINING.load(Ordering::Relaxed) < 0 {
+        return true;
+    }
+    REMAINING
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| match n {
+            0 => None,
+            n if n < 0 => Some(n),
+            n => Some(n - 1),
+        })
+        .is_ok()
+}
+
+/// The provider's sampler: a span under a local parent follows its parent; a span that starts a
+/// trace here (no parent, or a caller's) is held off while paused, then decided by the
+/// parent-based ratio sampler, and counted against the remaining traces when sampled.
+#[derive(Debug, Clone)]
+struct Gate(Sampler);
+
+impl Gate {
+    fn new() -> Gate {
+        Gate(Sampler::ParentBased(Box::new(LiveRatio)))
+    }
+}
+
+impl ShouldSample for Gate {
+    fn should_sample(
+        &self,
+        parent: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        let parent_span = parent
+            .filter(|p| p.has_active_span())
+            .map(|p| p.span().span_context().clone());
+        let local_parent = parent_span.as_ref().is_some_and(|p| !p.is_remote());
+        if !local_parent && paused() {
+            return SamplingResult {
+                decision: SamplingDecision::Drop,
+                attributes: Vec::new(),
+                trace_state: parent_span
+                    .map(|p| p.trace_state().clone())
+                    .unwrap_or_default(),
+            };
+        }
+        let mut result = self
+            .0
+            .should_sample(parent, trace_id, name, kind, attributes, links);
+        if !local_parent && result.decision == SamplingDecision::RecordAndSample && !take_trace() {
+            result.decision = SamplingDecision::Drop;
+        }
+        result
+    }
 }
 
 /// A trace-id ratio sampler that reads its ratio from [`RATIO`] on every root span.
@@ -233,12 +346,13 @@ impl Tracing {
         let switch = Arc::clone(SWITCH.get_or_init(Default::default));
         let provider = SdkTracerProvider::builder()
             .with_span_processor(SwitchProcessor(Arc::clone(&switch)))
-            .with_sampler(Sampler::ParentBased(Box::new(LiveRatio)))
+            .with_sampler(Gate::new())
             .with_resource(Resource::builder().with_service_name("switchyard").build())
             .build();
         let tracer = provider.tracer("switchyard");
         super::request_spans::install(tracer.clone());
         RATIO.store(ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+        START_RATIO.store(ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
         set_exporter(endpoint).map_err(|e| e.to_string())?;
         Ok((Tracing { provider }, tracer))
     }
@@ -271,6 +385,9 @@ mod tests {
 
     use super::*;
 
+    /// Held by the tests that change the process-wide sampling state.
+    static SAMPLING: Mutex<()> = Mutex::new(());
+
     fn decide(parent: Option<&Context>) -> SamplingDecision {
         let trace_id = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
         Sampler::ParentBased(Box::new(LiveRatio))
@@ -280,6 +397,7 @@ mod tests {
 
     #[test]
     fn the_live_ratio_decides_root_spans_and_sampled_parents_still_win() {
+        let _sampling = SAMPLING.lock().unwrap_or_else(|e| e.into_inner());
         let sampled = Context::new().with_remote_span_context(SpanContext::new(
             TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
             SpanId::from_hex("00f067aa0ba902b7").unwrap(),
@@ -292,6 +410,51 @@ mod tests {
         assert_eq!(decide(Some(&sampled)), SamplingDecision::RecordAndSample);
         RATIO.store(1.0f64.to_bits(), Ordering::Relaxed);
         assert_eq!(decide(None), SamplingDecision::RecordAndSample);
+    }
+
+    #[test]
+    fn the_gate_holds_off_and_counts_traces_started_here_but_not_spans_under_them() {
+        let _sampling = SAMPLING.lock().unwrap_or_else(|e| e.into_inner());
+        let gate = Gate::new();
+        let trace_id = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
+        let decide = |parent: Option<&Context>| {
+            gate.should_sample(parent, trace_id, "s", &SpanKind::Server, &[], &[])
+                .decision
+        };
+        let span = |remote| {
+            Context::new().with_remote_span_context(SpanContext::new(
+                TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+                SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+                TraceFlags::SAMPLED,
+                remote,
+                TraceState::default(),
+            ))
+        };
+        let (caller, local) = (span(true), span(false));
+        RATIO.store(1.0f64.to_bits(), Ordering::Relaxed);
+
+        PAUSED.store(true, Ordering::Relaxed);
+        assert_eq!(decide(None), SamplingDecision::Drop);
+        assert_eq!(decide(Some(&caller)), SamplingDecision::Drop);
+        assert_eq!(decide(Some(&local)), SamplingDecision::RecordAndSample);
+        PAUSED.store(false, Ordering::Relaxed);
+
+        REMAINING.store(2, Ordering::Relaxed);
+        assert_eq!(decide(Some(&local)), SamplingDecision::RecordAndSample);
+        assert_eq!(
+            remaining_traces(),
+            2,
+            "a span under a local parent is no new trace"
+        );
+        assert_eq!(decide(None), SamplingDecision::RecordAndSample);
+        assert_eq!(decide(Some(&caller)), SamplingDecision::RecordAndSample);
+        assert_eq!(remaining_traces(), 0);
+        assert_eq!(decide(None), SamplingDecision::Drop);
+        assert_eq!(decide(Some(&local)), SamplingDecision::RecordAndSample);
+        assert_eq!(remaining_traces(), 0);
+        REMAINING.store(-1, Ordering::Relaxed);
+        assert_eq!(decide(None), SamplingDecision::RecordAndSample);
+        assert_eq!(remaining_traces(), -1);
     }
 
     #[test]
