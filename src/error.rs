@@ -23,6 +23,8 @@ pub enum Code {
     FailedPrecondition,
     /// The caller did not prove who it is (UNAUTHENTICATED).
     Unauthenticated,
+    /// The operation is not allowed where it was asked (PERMISSION_DENIED).
+    PermissionDenied,
 }
 
 /// Every failure the server reports.
@@ -87,6 +89,10 @@ pub enum Error {
     /// A management call without the configured bearer token.
     #[error("{0}")]
     Unauthenticated(String),
+
+    /// The operation is not allowed on this endpoint; the message says where it is.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl Error {
@@ -102,6 +108,7 @@ impl Error {
             Error::Unsupported(_) => Code::Unimplemented,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
         }
     }
 

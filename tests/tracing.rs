@@ -19,6 +19,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use support::{Repo, Server};
+use switchyard::grpc::pb::{TraceSettingRequest, TraceSettingResponse, trace_setting_request};
 use switchyard::proto::switchyard_v1::telemetry_client::TelemetryClient;
 use switchyard::proto::switchyard_v1::{
     GetTracingRequest, SetTraceExporterRequest, SetTraceSamplingRequest,
@@ -174,6 +175,7 @@ async fn traces_reach_an_otlp_receiver() {
     server.stop().await;
     the_sampling_ratio_changes_at_run_time(&otlp).await;
     the_exporter_changes_at_run_time(&otlp).await;
+    triton_trace_settings_change_what_is_traced(&otlp).await;
 }
 
 /// Runs a batch only when four requests are there (or after a minute).
@@ -506,5 +508,209 @@ async fn the_exporter_changes_at_run_time(otlp: &Otlp) {
         otlp.receiver.requests() > before
     })
     .await;
+    server.stop().await;
+}
+
+/// Trace settings as name and values.
+type Settings<'a> = &'a [(&'a str, &'a [&'a str])];
+
+fn trace_settings(
+    model: &str,
+    pairs: Settings<'_>,
+    token: Option<&str>,
+) -> tonic::Request<TraceSettingRequest> {
+    let settings = pairs
+        .iter()
+        .map(|(name, values)| {
+            let value = values.iter().map(|v| v.to_string()).collect();
+            (
+                name.to_string(),
+                trace_setting_request::SettingValue { value },
+            )
+        })
+        .collect();
+    let mut request = tonic::Request::new(TraceSettingRequest {
+        settings,
+        model_name: model.into(),
+    });
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
+fn setting(response: &TraceSettingResponse, name: &str) -> Vec<String> {
+    response
+        .settings
+        .get(name)
+        .map(|v| v.value.clone())
+        .unwrap_or_default()
+}
+
+/// Triton's TraceSetting RPC on the inference port: reads the settings, holds traces off with
+/// `trace_level` OFF, limits them with `trace_count`, sets the ratio with `trace_rate`, refuses
+/// what it cannot do with the reason, and changes nothing without the management token.
+async fn triton_trace_settings_change_what_is_traced(otlp: &Otlp) {
+    let server = Server::start_with(Repo::new().shipped("simple"), |s| {
+        s.management_token = Some("s3cret".into());
+    })
+    .await;
+    let mut client = server.client().await;
+    let body = support::simple_request("simple", &[1; 16], &[2; 16], 1);
+    let token = Some("s3cret");
+
+    let read = client
+        .trace_setting(trace_settings("", &[], None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(setting(&read, "trace_level"), ["TIMESTAMPS"]);
+    assert_eq!(setting(&read, "trace_rate"), ["1"]);
+    assert_eq!(setting(&read, "trace_count"), ["-1"]);
+    assert_eq!(setting(&read, "trace_mode"), ["opentelemetry"]);
+
+    let off: Settings<'_> = &[("trace_level", &["OFF"])];
+    let refused = client
+        .trace_setting(trace_settings("", off, None))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    // OFF: no request is traced, not even one whose caller sampled it.
+    let status = client
+        .trace_setting(trace_settings("", off, token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(setting(&status, "trace_level"), ["OFF"]);
+    otlp.flush().await;
+    let before = otlp.receiver.requests();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for _ in 0..3 {
+        client.model_infer(traced(&body, None)).await.unwrap();
+    }
+    client
+        .model_infer(traced(&body, Some(traceparent)))
+        .await
+        .unwrap();
+    otlp.flush().await;
+    assert_eq!(otlp.receiver.requests(), before, "nothing traced while OFF");
+
+    // TIMESTAMPS with a count of 2: two of five requests are traced, then the count reads 0.
+    let status = client
+        .trace_setting(trace_settings(
+            "",
+            &[("trace_level", &["TIMESTAMPS"]), ("trace_count", &["2"])],
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(setting(&status, "trace_level"), ["TIMESTAMPS"]);
+    assert_eq!(setting(&status, "trace_count"), ["2"]);
+    for _ in 0..5 {
+        client.model_infer(traced(&body, None)).await.unwrap();
+    }
+    otlp.flush().await;
+    assert_eq!(otlp.receiver.requests(), before + 2, "trace_count 2");
+    let read = client
+        .trace_setting(trace_settings("", &[], None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(setting(&read, "trace_count"), ["0"]);
+
+    // trace_rate 4 is the sampling ratio 0.25; empty lists reset rate and count.
+    let status = client
+        .trace_setting(trace_settings("", &[("trace_rate", &["4"])], token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(setting(&status, "trace_rate"), ["4"]);
+    assert_eq!(switchyard::telemetry::tracing::sampling_ratio(), 0.25);
+    let status = client
+        .trace_setting(trace_settings(
+            "",
+            &[("trace_rate", &[]), ("trace_count", &[])],
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(setting(&status, "trace_rate"), ["1"]);
+    assert_eq!(setting(&status, "trace_count"), ["-1"]);
+    let from = otlp.received();
+    client.model_infer(traced(&body, None)).await.unwrap();
+    otlp.wait_for(from, "a request span after the reset", |spans| {
+        spans.iter().any(|s| s.name == "ModelInfer")
+    })
+    .await;
+
+    // Refusals name the setting and the reason; a refused request changes nothing.
+    let cases: [(&str, Settings<'_>, tonic::Code, &str); 5] = [
+        (
+            "",
+            &[("trace_rate", &["0"])],
+            tonic::Code::InvalidArgument,
+            "trace_rate must be",
+        ),
+        (
+            "",
+            &[("trace_level", &["TENSORS"]), ("trace_rate", &["9"])],
+            tonic::Code::InvalidArgument,
+            "TENSORS is not supported",
+        ),
+        (
+            "",
+            &[("trace_file", &["/tmp/trace.json"])],
+            tonic::Code::InvalidArgument,
+            "OTLP",
+        ),
+        (
+            "simple",
+            &[("trace_rate", &["2"])],
+            tonic::Code::Unimplemented,
+            "model 'simple' follows the global trace settings",
+        ),
+        ("nope", &[], tonic::Code::NotFound, "'nope'"),
+    ];
+    for (model, pairs, code, needle) in cases {
+        let err = client
+            .trace_setting(trace_settings(model, pairs, token))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), code, "{pairs:?}: {}", err.message());
+        assert!(err.message().contains(needle), "{}", err.message());
+    }
+    let read = client
+        .trace_setting(trace_settings("simple", &[], None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        setting(&read, "trace_rate"),
+        ["1"],
+        "unchanged by the refusals"
+    );
+    server.stop().await;
+
+    // With a management port, the inference port only reads them.
+    let server = Server::start_with(Repo::new().shipped("simple"), |s| {
+        s.management_port = Some(0);
+    })
+    .await;
+    let mut client = server.client().await;
+    let err = client
+        .trace_setting(trace_settings("", &[("trace_rate", &["2"])], None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(
+        err.message().contains("switchyard.v1.Telemetry"),
+        "{}",
+        err.message()
+    );
     server.stop().await;
 }

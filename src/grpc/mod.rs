@@ -9,6 +9,7 @@ mod statistics;
 mod status;
 mod telemetry;
 mod trace;
+mod trace_setting;
 mod traffic;
 
 use std::future::Future;
@@ -103,7 +104,11 @@ pub async fn serve(
         .management_port
         .is_none()
         .then(|| telemetry_control(settings));
-    let inference = GrpcInferenceServiceServer::new(InferenceService::new(context))
+    let trace_updates = match settings.management_port {
+        Some(_) => trace_setting::Updates::ManagementPortOnly,
+        None => trace_setting::Updates::Token(require_token(settings)),
+    };
+    let inference = GrpcInferenceServiceServer::new(InferenceService::new(context, trace_updates))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let shutdown = async move {

@@ -20,7 +20,7 @@ use super::pb::grpc_inference_service_server::GrpcInferenceService;
 use super::pb::model_metadata_response::TensorMetadata;
 use super::pb::repository_index_response::ModelIndex;
 use super::pb::*;
-use super::{Context, convert, statistics, trace};
+use super::{Context, convert, statistics, trace, trace_setting};
 
 /// Requests of one stream processed at once; answers still leave in request order.
 const STREAM_CONCURRENCY: usize = 16;
@@ -46,15 +46,17 @@ fn routing_key(
 #[derive(Clone)]
 pub struct InferenceService {
     context: Arc<Context>,
+    trace_updates: trace_setting::Updates,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
 
 impl InferenceService {
-    /// Wraps the shared context.
-    pub fn new(context: Context) -> InferenceService {
+    /// Wraps the shared context; `trace_updates` says who may change trace settings here.
+    pub fn new(context: Context, trace_updates: trace_setting::Updates) -> InferenceService {
         InferenceService {
             context: Arc::new(context),
+            trace_updates,
         }
     }
 
@@ -194,9 +196,14 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(ServerMetadataResponse {
             name: "switchyard".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: ["model_repository", "model_configuration", "statistics"]
-                .map(String::from)
-                .to_vec(),
+            extensions: [
+                "model_repository",
+                "model_configuration",
+                "statistics",
+                "trace",
+            ]
+            .map(String::from)
+            .to_vec(),
         }))
     }
 
@@ -414,8 +421,28 @@ impl GrpcInferenceService for InferenceService {
         unimplemented("CUDA shared memory")
     }
 
-    async fn trace_setting(&self, _: Request<TraceSettingRequest>) -> Reply<TraceSettingResponse> {
-        unimplemented("trace settings")
+    async fn trace_setting(
+        &self,
+        request: Request<TraceSettingRequest>,
+    ) -> Reply<TraceSettingResponse> {
+        let (metadata, _, request) = request.into_parts();
+        let settings = trace_setting::requested(&request);
+        if !settings.is_empty() {
+            self.trace_updates.check(&metadata)?;
+        }
+        if !request.model_name.is_empty() {
+            self.context.registry.get(&request.model_name)?;
+            if !settings.is_empty() {
+                return Err(Error::Unsupported(format!(
+                    "per-model trace settings are not supported: model '{}' follows the global \
+                     trace settings (send the request without a model name)",
+                    request.model_name
+                ))
+                .into());
+            }
+        }
+        trace_setting::apply(&trace_setting::plan(&settings)?)?;
+        Ok(Response::new(trace_setting::current()))
     }
 
     async fn log_settings(&self, _: Request<LogSettingsRequest>) -> Reply<LogSettingsResponse> {

@@ -16,6 +16,7 @@ impl From<Error> for Status {
             Code::Unimplemented => GrpcCode::Unimplemented,
             Code::FailedPrecondition => GrpcCode::FailedPrecondition,
             Code::Unauthenticated => GrpcCode::Unauthenticated,
+            Code::PermissionDenied => GrpcCode::PermissionDenied,
         };
         Status::new(code, error.to_string())
     }

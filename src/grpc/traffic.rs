@@ -390,24 +390,30 @@ impl TrafficControl for TrafficService {
 #[derive(Clone)]
 pub struct RequireToken(pub Option<Arc<str>>);
 
-impl tonic::service::Interceptor for RequireToken {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+impl RequireToken {
+    /// Passes when no token is configured or the metadata carries it.
+    pub fn check(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Error> {
         let Some(expected) = &self.0 else {
-            return Ok(request);
+            return Ok(());
         };
-        let given = request
-            .metadata()
+        let given = metadata
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         match given {
-            Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(request),
-            Some(_) => Err(Error::Unauthenticated("management token rejected".into()).into()),
+            Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),
+            Some(_) => Err(Error::Unauthenticated("management token rejected".into())),
             None => Err(Error::Unauthenticated(
                 "management calls need 'authorization: Bearer <token>'".into(),
-            )
-            .into()),
+            )),
         }
+    }
+}
+
+impl tonic::service::Interceptor for RequireToken {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        self.check(request.metadata())?;
+        Ok(request)
     }
 }
 

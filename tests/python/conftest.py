@@ -13,7 +13,9 @@ from tritonclient.grpc import service_pb2_grpc
 
 from switchyard_support import (
     Daemon,
+    MANAGEMENT_TOKEN,
     DaemonStartError,
+    OtlpReceiver,
     build_repository,
     rng_for,
     switchyard_binary,
@@ -80,6 +82,25 @@ def private_daemon(switchyard_bin, small_repository):
     d = _start(switchyard_bin, small_repository, EXPLICIT_MODE_ARGS)
     yield d
     d.stop()
+
+
+@pytest.fixture
+def traced_daemon(switchyard_bin, small_repository):
+    """A daemon of this test's own exporting traces to a live OTLP receiver, with a management
+    token (needed to change trace settings)."""
+    receiver = OtlpReceiver().start()
+    args = ["--otlp-endpoint", receiver.endpoint, "--management-token", MANAGEMENT_TOKEN]
+    d = _start(switchyard_bin, small_repository, args)
+    yield d
+    d.stop()
+    receiver.stop()
+
+
+@pytest.fixture
+def traced_client(traced_daemon):
+    c = _client(traced_daemon)
+    yield c
+    c.close()
 
 
 def _require_alive(d: Daemon) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 import zlib
+from concurrent import futures
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -314,6 +315,44 @@ def model_names(repository: Path) -> list[str]:
 
 def version_dirs(model_dir: Path) -> list[str]:
     return sorted((p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
+
+
+# The management token of daemons whose tests change settings that need it.
+MANAGEMENT_TOKEN = "s3cret"
+
+
+class OtlpReceiver:
+    """A live OTLP/gRPC trace receiver on 127.0.0.1: answers every Export with an empty
+    ExportTraceServiceResponse (which encodes to no bytes) and counts the exports. The spans stay
+    undecoded; the Rust suite's receiver checks their contents."""
+
+    SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+
+    def __init__(self) -> None:
+        self.exports = 0
+        self._lock = threading.Lock()
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        export = grpc.unary_unary_rpc_method_handler(self._export)
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(self.SERVICE, {"Export": export}),)
+        )
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+
+    def _export(self, request: bytes, context) -> bytes:
+        with self._lock:
+            self.exports += 1
+        return b""
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "OtlpReceiver":
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop(grace=None)
 
 
 # --------------------------------------------------------------------------------------------
