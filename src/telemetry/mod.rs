@@ -4,6 +4,7 @@
 
 pub mod logs;
 pub mod metrics;
+pub mod otlp;
 pub mod request_spans;
 pub mod spans;
 pub mod tracing;

@@ -1,7 +1,7 @@
 //! OpenTelemetry traces exported over OTLP/gRPC. Off unless an endpoint is configured (setting
 //! `otlp_endpoint`, or the standard `OTEL_EXPORTER_OTLP_ENDPOINT` /
-//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`); headers come from `OTEL_EXPORTER_OTLP_HEADERS` as the
-//! exporter reads them. Sampling is parent-based over a trace-id ratio, so a client's sampling
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`); headers, timeouts and batching come from the other
+//! `OTEL_*` variables (see `otlp`, the exporter). Sampling is parent-based over a trace-id ratio, so a client's sampling
 //! decision carries through; the ratio lives in an atomic and can be changed while running
 //! (`set_sampling_ratio`, served as `switchyard.v1.Telemetry/SetTraceSampling`). The exporter
 //! sits behind a switch and can be pointed elsewhere, or turned off and on, while running
@@ -14,17 +14,17 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{BatchSpanProcessor, SpanData, SpanProcessor};
+use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
 
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::trace::{Link, SpanKind, TraceId, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{
     Sampler, SamplingDecision, SamplingResult, SdkTracer, SdkTracerProvider, ShouldSample,
 };
 
+use super::otlp;
 use crate::error::Error;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -204,7 +204,7 @@ pub fn endpoint(setting: Option<&str>) -> Option<String> {
 /// Swapping it is how the exporter changes at run time.
 #[derive(Debug, Default)]
 struct Switch {
-    current: ArcSwapOption<BatchSpanProcessor>,
+    current: ArcSwapOption<otlp::Exporter>,
     endpoint: Mutex<Option<String>>,
     resource: Mutex<Option<Resource>>,
 }
@@ -257,7 +257,7 @@ pub fn exporter_endpoint() -> Option<String> {
         .clone()
 }
 
-/// Points trace export at `endpoint` (an `http://` or `https://` URL of an OTLP/gRPC receiver),
+/// Points trace export at `endpoint` (an `http://` URL of an OTLP/gRPC receiver),
 /// or turns it off (`None`). Spans already finished go to the old exporter, which is flushed and
 /// shut down on a thread of its own. Must run inside the tokio runtime (the exporter's channel).
 pub fn set_exporter(endpoint: Option<&str>) -> Result<(), Error> {
@@ -265,7 +265,7 @@ pub fn set_exporter(endpoint: Option<&str>) -> Result<(), Error> {
         Error::FailedPrecondition("telemetry is not initialised in this process".into())
     })?;
     let processor = match endpoint {
-        Some(endpoint) => Some(Arc::new(batch_processor(switch, endpoint)?)),
+        Some(endpoint) => Some(Arc::new(exporter(switch, endpoint)?)),
         None => None,
     };
     let enabled = processor.is_some();
@@ -287,50 +287,20 @@ pub fn set_exporter(endpoint: Option<&str>) -> Result<(), Error> {
     Ok(())
 }
 
-fn batch_processor(switch: &Switch, endpoint: &str) -> Result<BatchSpanProcessor, Error> {
+fn exporter(switch: &Switch, endpoint: &str) -> Result<otlp::Exporter, Error> {
     let invalid =
         |why: String| Error::InvalidRequest(format!("trace exporter endpoint '{endpoint}': {why}"));
-    let uri: tonic::codegen::http::Uri = endpoint.parse().map_err(|e| invalid(format!("{e}")))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-        return Err(invalid(
-            "expected http://host:port or https://host:port".into(),
-        ));
-    }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint)
-        .build()
-        .map_err(|e| invalid(e.to_string()))?;
-    let mut processor = BatchSpanProcessor::builder(exporter)
-        .with_batch_config(batch_config())
-        .build();
+    let settings = otlp::Settings::from_env(endpoint).map_err(invalid)?;
+    let mut exporter = otlp::Exporter::start(settings).map_err(Error::FailedPrecondition)?;
     if let Some(resource) = switch
         .resource
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .as_ref()
     {
-        processor.set_resource(resource);
+        exporter.set_resource(resource);
     }
-    Ok(processor)
-}
-
-/// Spans held for export, and spans per export, unless `OTEL_BSP_MAX_QUEUE_SIZE` /
-/// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` say otherwise. The SDK's defaults (2,048 and 512) drop spans
-/// once a daemon finishes more than ~30k spans a second (three per request); these keep up with
-/// several times that at the cost of up to ~16 MB of queued spans.
-const EXPORT_QUEUE: usize = 16_384;
-const EXPORT_BATCH: usize = 2_048;
-
-fn batch_config() -> opentelemetry_sdk::trace::BatchConfig {
-    let mut config = opentelemetry_sdk::trace::BatchConfigBuilder::default();
-    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
-        config = config.with_max_queue_size(EXPORT_QUEUE);
-    }
-    if std::env::var_os("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
-        config = config.with_max_export_batch_size(EXPORT_BATCH);
-    }
-    config.build()
+    Ok(exporter)
 }
 
 /// The trace pipeline: always installed, exporting only while an exporter is set. Flushes and
