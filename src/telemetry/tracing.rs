@@ -200,7 +200,7 @@ pub fn endpoint(setting: Option<&str>) -> Option<String> {
         .filter(|e| !e.is_empty())
 }
 
-/// The span processor of the provider: forwards to the batch exporter in place now, if any.
+/// The span processor of the provider: forwards to the exporter in place now, if any.
 /// Swapping it is how the exporter changes at run time.
 #[derive(Debug, Default)]
 struct Switch {
