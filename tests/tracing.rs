@@ -19,10 +19,14 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use support::{Repo, Server};
-use switchyard::grpc::pb::{TraceSettingRequest, TraceSettingResponse, trace_setting_request};
+use switchyard::grpc::pb::{
+    LogSettingsRequest, TraceSettingRequest, TraceSettingResponse, log_settings_request,
+    trace_setting_request,
+};
 use switchyard::proto::switchyard_v1::telemetry_client::TelemetryClient;
 use switchyard::proto::switchyard_v1::{
-    GetTracingRequest, SetTraceExporterRequest, SetTraceSamplingRequest,
+    GetLoggingRequest, GetTracingRequest, SetLoggingRequest, SetTraceExporterRequest,
+    SetTraceSamplingRequest,
 };
 use switchyard::telemetry::tracing::Tracing;
 use switchyard::telemetry::{TelemetryConfig, init};
@@ -176,6 +180,7 @@ async fn traces_reach_an_otlp_receiver() {
     the_sampling_ratio_changes_at_run_time(&otlp).await;
     the_exporter_changes_at_run_time(&otlp).await;
     triton_trace_settings_change_what_is_traced(&otlp).await;
+    the_log_filter_changes_at_run_time().await;
 }
 
 /// Runs a batch only when four requests are there (or after a minute).
@@ -712,5 +717,114 @@ async fn triton_trace_settings_change_what_is_traced(otlp: &Otlp) {
         "{}",
         err.message()
     );
+    server.stop().await;
+}
+
+/// `switchyard.v1.Telemetry` reads and changes the log filter; Triton's LogSettings reads the
+/// same state, and with a management port cannot change it. (What the changes do to the printed
+/// lines is checked against the real daemon in tests/python/test_log_settings.py.)
+async fn the_log_filter_changes_at_run_time() {
+    let server = Server::start_with(Repo::new().shipped("simple"), |s| {
+        s.management_port = Some(0);
+        s.management_token = Some("s3cret".into());
+    })
+    .await;
+    let mut telemetry = telemetry_client(&server).await;
+    let start = telemetry
+        .get_logging(with_token(GetLoggingRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!((start.error, start.warning, start.info) == (true, true, true));
+    assert_eq!(start.verbose_level, 0);
+
+    let refused = telemetry
+        .set_logging(SetLoggingRequest {
+            verbose_level: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    let changed = telemetry
+        .set_logging(with_token(SetLoggingRequest {
+            filter: Some("warn,switchyard::registry=debug".into()),
+            info: Some(false),
+            verbose_level: Some(2),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(changed.filter, "warn,switchyard::registry=debug");
+    assert!((changed.error, changed.warning, changed.info) == (true, true, false));
+    assert_eq!(changed.verbose_level, 2);
+
+    // A filter that does not parse changes nothing, not even the settings sent with it.
+    let bad = telemetry
+        .set_logging(with_token(SetLoggingRequest {
+            filter: Some("switchyard=loud".into()),
+            info: Some(true),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(
+        bad.message()
+            .contains("log filter 'switchyard=loud' is not valid"),
+        "{}",
+        bad.message()
+    );
+    let now = telemetry
+        .get_logging(with_token(GetLoggingRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now, changed);
+
+    // Triton's view of the same state, read on the inference port.
+    let mut client = server.client().await;
+    let triton = client
+        .log_settings(LogSettingsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let value = |name: &str| triton.settings[name].parameter_choice.clone().unwrap();
+    use switchyard::grpc::pb::log_settings_response::setting_value::ParameterChoice;
+    assert_eq!(value("log_info"), ParameterChoice::BoolParam(false));
+    assert_eq!(value("log_verbose_level"), ParameterChoice::Uint32Param(2));
+    let mut change = LogSettingsRequest::default();
+    change.settings.insert(
+        "log_info".into(),
+        log_settings_request::SettingValue {
+            parameter_choice: Some(
+                log_settings_request::setting_value::ParameterChoice::BoolParam(true),
+            ),
+        },
+    );
+    let denied = client.log_settings(with_token(change)).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert!(
+        denied
+            .message()
+            .contains("log settings are read-only on the inference port"),
+        "{}",
+        denied.message()
+    );
+
+    // An empty filter goes back to the start-up filter.
+    let reset = telemetry
+        .set_logging(with_token(SetLoggingRequest {
+            filter: Some(String::new()),
+            info: Some(true),
+            verbose_level: Some(0),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reset, start);
     server.stop().await;
 }

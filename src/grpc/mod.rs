@@ -4,6 +4,7 @@
 //! prost types.
 
 mod convert;
+mod log_settings;
 mod service;
 mod statistics;
 mod status;
@@ -104,13 +105,14 @@ pub async fn serve(
         .management_port
         .is_none()
         .then(|| telemetry_control(settings));
-    let trace_updates = match settings.management_port {
+    let setting_updates = match settings.management_port {
         Some(_) => trace_setting::Updates::ManagementPortOnly,
         None => trace_setting::Updates::Token(require_token(settings)),
     };
-    let inference = GrpcInferenceServiceServer::new(InferenceService::new(context, trace_updates))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+    let inference =
+        GrpcInferenceServiceServer::new(InferenceService::new(context, setting_updates))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
     let shutdown = async move {
         shutdown.await;
         health

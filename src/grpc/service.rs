@@ -14,13 +14,14 @@ use crate::registry::{ModelSnapshot, lifecycle};
 use crate::repository::load_request;
 use crate::routing::{ROUTING_KEY_PARAMETER, RouteKind, shadow};
 use crate::schema::ModelSchema;
+use crate::telemetry::log_filter;
 use crate::tensor::{InferRequest, Parameter};
 
 use super::pb::grpc_inference_service_server::GrpcInferenceService;
 use super::pb::model_metadata_response::TensorMetadata;
 use super::pb::repository_index_response::ModelIndex;
 use super::pb::*;
-use super::{Context, convert, statistics, trace, trace_setting};
+use super::{Context, convert, log_settings, statistics, trace, trace_setting};
 
 /// Requests of one stream processed at once; answers still leave in request order.
 const STREAM_CONCURRENCY: usize = 16;
@@ -46,17 +47,17 @@ fn routing_key(
 #[derive(Clone)]
 pub struct InferenceService {
     context: Arc<Context>,
-    trace_updates: trace_setting::Updates,
+    setting_updates: trace_setting::Updates,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
 
 impl InferenceService {
-    /// Wraps the shared context; `trace_updates` says who may change trace settings here.
-    pub fn new(context: Context, trace_updates: trace_setting::Updates) -> InferenceService {
+    /// Wraps the shared context; `setting_updates` says who may change trace and log settings here.
+    pub fn new(context: Context, setting_updates: trace_setting::Updates) -> InferenceService {
         InferenceService {
             context: Arc::new(context),
-            trace_updates,
+            setting_updates,
         }
     }
 
@@ -85,6 +86,15 @@ impl InferenceService {
         if let Some(mirror) = mirror {
             mirror.primary_done(response.as_ref().map_err(|_| ()));
         }
+        // One line per request at verbose level 1 (Triton's LogSettings) or with
+        // `switchyard::grpc=debug`; nothing is evaluated otherwise.
+        tracing::debug!(
+            model = %model.name,
+            version = routed.version.version,
+            route = ?routed.kind,
+            error = response.as_ref().err().map(tracing::field::display),
+            "inference request answered"
+        );
         Ok(convert::infer_response(response?))
     }
 
@@ -201,6 +211,7 @@ impl GrpcInferenceService for InferenceService {
                 "model_configuration",
                 "statistics",
                 "trace",
+                "logging",
             ]
             .map(String::from)
             .to_vec(),
@@ -428,7 +439,7 @@ impl GrpcInferenceService for InferenceService {
         let (metadata, _, request) = request.into_parts();
         let settings = trace_setting::requested(&request);
         if !settings.is_empty() {
-            self.trace_updates.check(&metadata)?;
+            self.setting_updates.check(&metadata, "trace settings")?;
         }
         if !request.model_name.is_empty() {
             self.context.registry.get(&request.model_name)?;
@@ -445,8 +456,18 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(trace_setting::current()))
     }
 
-    async fn log_settings(&self, _: Request<LogSettingsRequest>) -> Reply<LogSettingsResponse> {
-        unimplemented("log settings")
+    async fn log_settings(
+        &self,
+        request: Request<LogSettingsRequest>,
+    ) -> Reply<LogSettingsResponse> {
+        let (metadata, _, request) = request.into_parts();
+        let settings = if request.settings.is_empty() {
+            log_filter::current()?
+        } else {
+            self.setting_updates.check(&metadata, "log settings")?;
+            log_filter::change(&log_settings::plan(&request.settings)?)?
+        };
+        Ok(Response::new(log_settings::response(&settings)))
     }
 }
 

@@ -21,7 +21,7 @@ use crate::telemetry::tracing;
 use super::pb::{TraceSettingRequest, TraceSettingResponse, trace_setting_response};
 use super::traffic::RequireToken;
 
-/// Who may change trace settings through the inference service.
+/// Who may change trace and log settings through the inference service.
 #[derive(Clone)]
 pub enum Updates {
     /// Callers that present the management token, when one is configured.
@@ -32,15 +32,14 @@ pub enum Updates {
 }
 
 impl Updates {
-    /// Whether a caller with this metadata may change the settings here.
-    pub fn check(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Error> {
+    /// Whether a caller with this metadata may change `what` (e.g. "trace settings") here.
+    pub fn check(&self, metadata: &tonic::metadata::MetadataMap, what: &str) -> Result<(), Error> {
         match self {
             Updates::Token(token) => token.check(metadata),
-            Updates::ManagementPortOnly => Err(Error::PermissionDenied(
-                "trace settings are read-only on the inference port while a management port is \
+            Updates::ManagementPortOnly => Err(Error::PermissionDenied(format!(
+                "{what} are read-only on the inference port while a management port is \
                  configured; change them there with switchyard.v1.Telemetry"
-                    .into(),
-            )),
+            ))),
         }
     }
 }

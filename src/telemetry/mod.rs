@@ -2,6 +2,7 @@
 //! configured filter, with trace ids while traces are exported: `logs`), OpenTelemetry traces over
 //! OTLP (`tracing`), and Prometheus metrics (`metrics`).
 
+pub mod log_filter;
 pub mod logs;
 pub mod metrics;
 pub mod otlp;
@@ -92,15 +93,16 @@ impl<S> Filter<S> for ExportFilter {
 
 /// The log layer: `format` lines to `writer` as `filter` (`RUST_LOG` or the configured filter)
 /// selects them, with trace ids found through `dispatch`.
-fn log_layer<S, W>(
+fn log_layer<S, W, F>(
     format: LogFormat,
     writer: W,
-    filter: EnvFilter,
+    filter: F,
     dispatch: logs::DispatchSlot,
 ) -> Box<dyn Layer<S> + Send + Sync + 'static>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    F: Filter<S> + Send + Sync + 'static,
 {
     use tracing_subscriber::filter::FilterExt;
     // Export-only spans: the log layer neither formats nor stores their fields.
@@ -152,8 +154,14 @@ pub struct TelemetryConfig {
 /// endpoint is configured (and from whenever one is set at run time). Keep the returned guard
 /// alive: dropping it flushes and stops the exporter.
 pub fn init(config: &TelemetryConfig) -> Result<tracing::Tracing, String> {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_filter));
+    // `RUST_LOG` when it is set and parses, else the configured filter.
+    let directives = std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
+        .filter(|d| EnvFilter::try_new(d).is_ok())
+        .unwrap_or_else(|| config.log_filter.clone());
+    let (filter, handle) =
+        tracing_subscriber::reload::Layer::new(log_filter::LogFilter::at_start(&directives));
+    log_filter::install(handle, &directives);
     let slot = logs::DispatchSlot::default();
     let fmt = log_layer(config.log_format, std::io::stdout, filter, slot.clone());
     let endpoint = tracing::endpoint(config.otlp_endpoint.as_deref());

@@ -97,6 +97,29 @@ def traced_daemon(switchyard_bin, small_repository):
 
 
 @pytest.fixture
+def managed_daemon(switchyard_bin, small_repository):
+    """A daemon of this test's own in explicit model control mode, with a management token
+    (needed to change log settings)."""
+    d = _start(switchyard_bin, small_repository, [*EXPLICIT_MODE_ARGS, "--management-token", MANAGEMENT_TOKEN])
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def managed_client(managed_daemon):
+    c = _client(managed_daemon)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def managed_stub(managed_daemon):
+    channel, s = _stub(managed_daemon)
+    yield s
+    channel.close()
+
+
+@pytest.fixture
 def traced_client(traced_daemon):
     c = _client(traced_daemon)
     yield c
