@@ -175,6 +175,7 @@ async fn traces_reach_an_otlp_receiver() {
     let server = Server::start(repo).await;
     a_traced_request_continues_the_callers_trace(&otlp, &server).await;
     a_batch_span_links_every_request_it_served(&otlp, &server).await;
+    exported_spans_are_counted(&otlp, &server).await;
     model_loads_and_swaps_are_spans(&otlp).await;
     server.stop().await;
     the_sampling_ratio_changes_at_run_time(&otlp).await;
@@ -827,4 +828,32 @@ async fn the_log_filter_changes_at_run_time() {
         .into_inner();
     assert_eq!(reset, start);
     server.stop().await;
+}
+
+/// `switchyard_trace_spans_total{outcome="exported"}` counts exactly what reached the receiver.
+async fn exported_spans_are_counted(otlp: &Otlp, server: &Server) {
+    let sample = |text: &str, outcome: &str| {
+        support::sample_value(
+            text,
+            &format!("switchyard_trace_spans_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    otlp.flush().await;
+    let scrape = server.scrape().await;
+    let (exported, received) = (sample(&scrape, "exported"), otlp.received());
+    let mut client = server.client().await;
+    for _ in 0..3 {
+        let body = support::simple_request("simple", &[1; 16], &[2; 16], 1);
+        client.model_infer(body).await.unwrap();
+    }
+    otlp.flush().await;
+    let scrape = server.scrape().await;
+    let arrived = otlp.received() - received;
+    assert!(
+        arrived >= 9,
+        "three requests leave at least 9 spans, {arrived} arrived"
+    );
+    assert_eq!(sample(&scrape, "exported") - exported, arrived as f64);
+    assert_eq!(sample(&scrape, "queue_full"), 0.0);
+    assert_eq!(sample(&scrape, "failed"), 0.0);
 }

@@ -211,6 +211,26 @@ fn lifecycle_families(registry: &Registry) -> Vec<Family> {
     vec![loads, seconds, swaps, retired, ready]
 }
 
+/// What became of the spans finished for export (process-wide, across exporters).
+fn trace_families() -> Vec<Family> {
+    let counts = super::otlp::span_counts();
+    let mut spans = Family::new(
+        "switchyard_trace_spans_total",
+        "counter",
+        "Spans finished for export, by outcome: exported (the receiver took them), queue_full \
+         (dropped: the export queue was full), failed (the export failed or the receiver \
+         rejected them)",
+    );
+    for (outcome, count) in [
+        ("exported", counts.exported),
+        ("queue_full", counts.queue_full),
+        ("failed", counts.failed),
+    ] {
+        spans.add(vec![("outcome", outcome.into())], count as f64);
+    }
+    vec![spans]
+}
+
 /// The whole exposition text, with `gpus` read at this scrape.
 pub fn render(registry: &Registry, gpus: &[gpu::GpuSample]) -> String {
     let mut out = String::new();
@@ -219,6 +239,7 @@ pub fn render(registry: &Registry, gpus: &[gpu::GpuSample]) -> String {
         .chain(&lifecycle_families(registry))
         .chain(&traffic::families(registry))
         .chain(&gpu::families(gpus))
+        .chain(&trace_families())
     {
         family.write(&mut out);
     }

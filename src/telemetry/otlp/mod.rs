@@ -26,6 +26,7 @@ mod encode;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -40,6 +41,30 @@ use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// What became of the spans finished for export, over the process's life (every exporter it
+/// has had): the receiver took them; dropped because the queue was full; lost to a failed
+/// export or rejected by the receiver.
+static SPANS_EXPORTED: AtomicU64 = AtomicU64::new(0);
+static SPANS_QUEUE_FULL: AtomicU64 = AtomicU64::new(0);
+static SPANS_FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// Span counts by outcome, for the metrics endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpanCounts {
+    pub exported: u64,
+    pub queue_full: u64,
+    pub failed: u64,
+}
+
+/// The process-wide span counts.
+pub fn span_counts() -> SpanCounts {
+    SpanCounts {
+        exported: SPANS_EXPORTED.load(Ordering::Relaxed),
+        queue_full: SPANS_QUEUE_FULL.load(Ordering::Relaxed),
+        failed: SPANS_FAILED.load(Ordering::Relaxed),
+    }
+}
 
 /// How often a failing exporter logs (each warning counts the spans lost since the last).
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -247,6 +272,7 @@ impl Shared {
         let mut state = self.lock();
         if state.stopping || state.queued >= self.settings.max_queue {
             state.dropped += 1;
+            SPANS_QUEUE_FULL.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         state.queued += 1;
@@ -480,6 +506,7 @@ struct Report {
     last_warned: Option<Instant>,
     dropped_reported: u64,
     last_dropped_warned: Option<Instant>,
+    last_rejected_warned: Option<Instant>,
 }
 
 fn due(last: Option<Instant>) -> bool {
@@ -487,7 +514,21 @@ fn due(last: Option<Instant>) -> bool {
 }
 
 impl Report {
-    fn export(&mut self, endpoint: &str, spans: usize, result: Result<Option<String>, String>) {
+    fn export(&mut self, endpoint: &str, spans: usize, result: Result<Rejected, String>) {
+        let spans = spans as u64;
+        match &result {
+            Ok(Some((rejected, _))) => {
+                let rejected = (*rejected).clamp(0, spans as i64) as u64;
+                SPANS_EXPORTED.fetch_add(spans - rejected, Ordering::Relaxed);
+                SPANS_FAILED.fetch_add(rejected, Ordering::Relaxed);
+            }
+            Ok(None) => {
+                SPANS_EXPORTED.fetch_add(spans, Ordering::Relaxed);
+            }
+            Err(_) => {
+                SPANS_FAILED.fetch_add(spans, Ordering::Relaxed);
+            }
+        }
         match result {
             Ok(rejected) => {
                 if self.failing {
@@ -496,13 +537,21 @@ impl Report {
                     self.failed_spans = 0;
                     self.last_warned = None;
                 }
-                if let Some(why) = rejected {
-                    tracing::warn!(endpoint, reason = %why, "the trace receiver rejected spans");
+                if let Some((count, why)) = rejected
+                    && due(self.last_rejected_warned)
+                {
+                    self.last_rejected_warned = Some(Instant::now());
+                    tracing::warn!(
+                        endpoint,
+                        rejected = count,
+                        reason = %why,
+                        "the trace receiver rejected spans"
+                    );
                 }
             }
             Err(error) => {
                 self.failing = true;
-                self.failed_spans += spans as u64;
+                self.failed_spans += spans;
                 if due(self.last_warned) {
                     tracing::warn!(
                         endpoint,
@@ -529,6 +578,9 @@ impl Report {
     }
 }
 
+/// What a receiver rejected of an export it answered: the span count and its reason.
+type Rejected = Option<(i64, String)>;
+
 /// Sends export requests on one gRPC channel.
 #[derive(Debug)]
 struct Sender {
@@ -538,9 +590,9 @@ struct Sender {
 }
 
 impl Sender {
-    /// Sends one encoded `ExportTraceServiceRequest`: Ok with the receiver's reason when it
-    /// rejected some of the spans.
-    async fn send(&self, body: Vec<u8>) -> Result<Option<String>, String> {
+    /// Sends one encoded `ExportTraceServiceRequest`: Ok with the receiver's count and reason
+    /// when it rejected some of the spans.
+    async fn send(&self, body: Vec<u8>) -> Result<Rejected, String> {
         let call = async {
             let mut grpc = tonic::client::Grpc::new(self.channel.clone());
             grpc.ready().await.map_err(|e| format!("{e}"))?;
@@ -557,7 +609,7 @@ impl Sender {
             .into_inner();
         Ok(response.partial_success.and_then(|p| {
             (p.rejected_spans != 0 || !p.error_message.is_empty())
-                .then(|| format!("{} spans rejected: {}", p.rejected_spans, p.error_message))
+                .then_some((p.rejected_spans, p.error_message))
         }))
     }
 }
@@ -825,6 +877,29 @@ mod tests {
         assert_eq!(open, [("a", Some(1)), ("b", None)]);
         // Each span is one `ScopeSpans.spans` field: key, length, the bytes.
         assert_eq!(state.ready[0].buf, b"\x12\x04span\x12\x04span");
+    }
+
+    #[test]
+    fn spans_of_a_failed_export_are_counted_as_failed() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let _enter = runtime.enter();
+        // Nothing listens on port 1 of the loopback: the connection is refused.
+        let exporter = Exporter::start(settings(100, 10)).unwrap();
+        let before = span_counts();
+        for span in spans().into_iter().cycle().take(3) {
+            exporter.on_end(span);
+        }
+        exporter.force_flush().unwrap();
+        let after = span_counts();
+        assert_eq!(after.failed - before.failed, 3);
+        assert_eq!(after.exported, before.exported);
+        exporter
+            .shutdown_with_timeout(Duration::from_secs(5))
+            .unwrap();
     }
 
     #[test]
