@@ -532,7 +532,12 @@ impl Report {
         match result {
             Ok(rejected) => {
                 if self.failing {
-                    tracing::info!(endpoint, "trace export is working again");
+                    // The spans lost since the last warning, which would otherwise go unsaid.
+                    tracing::info!(
+                        endpoint,
+                        spans_lost = self.failed_spans,
+                        "trace export is working again"
+                    );
                     self.failing = false;
                     self.failed_spans = 0;
                     self.last_warned = None;
@@ -686,6 +691,9 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
+
+    /// Held by the tests that export, which move the process-wide span counts.
+    static EXPORTING: Mutex<()> = Mutex::new(());
 
     /// Keeps every finished span.
     #[derive(Debug, Clone, Default)]
@@ -881,6 +889,7 @@ mod tests {
 
     #[test]
     fn spans_of_a_failed_export_are_counted_as_failed() {
+        let _exporting = EXPORTING.lock().unwrap_or_else(|e| e.into_inner());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -897,6 +906,50 @@ mod tests {
         let after = span_counts();
         assert_eq!(after.failed - before.failed, 3);
         assert_eq!(after.exported, before.exported);
+        exporter
+            .shutdown_with_timeout(Duration::from_secs(5))
+            .unwrap();
+    }
+
+    #[test]
+    fn export_resumes_when_the_receiver_comes_up() {
+        let _exporting = EXPORTING.lock().unwrap_or_else(|e| e.into_inner());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let _enter = runtime.enter();
+        // A port that was free a moment ago, with nothing listening on it yet.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let exporter = Exporter::start(Settings {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            ..settings(100, 10)
+        })
+        .unwrap();
+        let spans = spans();
+        let before = span_counts();
+        exporter.on_end(spans[0].clone());
+        exporter.force_flush().unwrap();
+        assert_eq!(span_counts().failed - before.failed, 1);
+
+        let (_, requests) = runtime.block_on(receiver(port));
+        exporter.on_end(spans[1].clone());
+        exporter.force_flush().unwrap();
+        let got = requests.lock().unwrap().clone();
+        assert_eq!(
+            got.len(),
+            1,
+            "the span ended after the receiver came up arrives"
+        );
+        assert_eq!(
+            got[0].resource_spans[0].scope_spans[0].spans[0].name,
+            "ModelInfer"
+        );
         exporter
             .shutdown_with_timeout(Duration::from_secs(5))
             .unwrap();
@@ -940,13 +993,14 @@ mod tests {
 
     #[test]
     fn a_flush_exports_to_a_live_receiver_and_stop_ends_the_thread() {
+        let _exporting = EXPORTING.lock().unwrap_or_else(|e| e.into_inner());
         // A receiver that answers every export with OK and counts the bytes it got.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let (addr, requests) = runtime.block_on(receiver());
+        let (addr, requests) = runtime.block_on(receiver(0));
         let _enter = runtime.enter();
         let exporter = Exporter::start(Settings {
             endpoint: format!("http://{addr}"),
@@ -982,7 +1036,8 @@ mod tests {
 
     type Received = Arc<Mutex<Vec<ExportTraceServiceRequest>>>;
 
-    async fn receiver() -> (std::net::SocketAddr, Received) {
+    /// A receiver on `port` of the loopback (0: any free port).
+    async fn receiver(port: u16) -> (std::net::SocketAddr, Received) {
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
         use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
             TraceService, TraceServiceServer,
@@ -999,7 +1054,9 @@ mod tests {
                 Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
             }
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Received::default();
         let server = tonic::transport::Server::builder()
