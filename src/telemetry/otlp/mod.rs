@@ -12,7 +12,8 @@
 //!
 //! Behaviour follows the SDK's batch processor and the OTLP exporter's environment variables:
 //! - `OTEL_BSP_MAX_QUEUE_SIZE` spans wait at most (16,384 here), more are dropped and counted
-//!   (a warning says how many); `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans per export (2,048 here);
+//!   (a warning says how many); `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans per export (2,048 here,
+//!   fewer when they reach [`MAX_EXPORT_BYTES`]);
 //!   `OTEL_BSP_SCHEDULE_DELAY` ms between exports of a batch that is not full (5,000);
 //!   `OTEL_BSP_EXPORT_TIMEOUT` ms that a flush waits (30,000).
 //! - `OTEL_EXPORTER_OTLP_TRACES_HEADERS` / `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs,
@@ -74,6 +75,11 @@ pub const WARN_EVERY: Duration = Duration::from_secs(10);
 /// (three per request); these keep up with several times that, at up to ~5 MB of encoded spans.
 pub const DEFAULT_QUEUE: usize = 16_384;
 pub const DEFAULT_BATCH: usize = 2_048;
+
+/// An export is sent once its spans reach this many bytes, whatever their number: half the
+/// 4 MiB that gRPC servers (the OpenTelemetry Collector among them) accept by default, so that
+/// spans with long attributes or error messages are not refused as one oversized request.
+pub const MAX_EXPORT_BYTES: usize = 2 * 1024 * 1024;
 
 /// Where and how spans are exported.
 #[derive(Debug, Clone)]
@@ -299,7 +305,7 @@ impl Shared {
         });
         encode::span_field(&mut batch.buf, span);
         batch.spans += 1;
-        if batch.spans >= max_batch {
+        if batch.spans >= max_batch || batch.buf.len() >= MAX_EXPORT_BYTES {
             let full = open.take().expect("the batch just filled");
             state.ready.push_back(full);
             drop(state);
@@ -885,6 +891,29 @@ mod tests {
         assert_eq!(open, [("a", Some(1)), ("b", None)]);
         // Each span is one `ScopeSpans.spans` field: key, length, the bytes.
         assert_eq!(state.ready[0].buf, b"\x12\x04span\x12\x04span");
+    }
+
+    #[test]
+    fn a_batch_is_handed_over_once_its_spans_reach_the_byte_limit() {
+        let shared = Shared {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+            settings: settings(100, 50),
+        };
+        let scope = InstrumentationScope::builder("a").build();
+        let big = vec![7u8; MAX_EXPORT_BYTES / 3];
+        for _ in 0..4 {
+            assert!(shared.push(&scope, &big));
+        }
+        let state = shared.lock();
+        let ready: Vec<usize> = state.ready.iter().map(|b| b.spans).collect();
+        assert_eq!(
+            ready,
+            [3],
+            "three spans reach the limit, far below 50 spans"
+        );
+        assert_eq!(state.open[0].1.as_ref().map(|b| b.spans), Some(1));
     }
 
     #[test]
