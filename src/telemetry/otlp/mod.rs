@@ -447,7 +447,7 @@ fn export_loop(shared: &Shared, sender: &Sender, runtime: &tokio::runtime::Handl
     let mut deadline = Instant::now() + delay;
     let mut report = Report::default();
     loop {
-        let (batches, resource, flush_to, stop) = {
+        let (batches, resource, flush_to, stop, all) = {
             let mut state = shared.lock();
             while state.ready.is_empty() && state.flush_asked == state.flushed && !state.stopping {
                 let now = Instant::now();
@@ -473,6 +473,7 @@ fn export_loop(shared: &Shared, sender: &Sender, runtime: &tokio::runtime::Handl
                 Arc::clone(&state.resource),
                 state.flush_asked,
                 state.stopping,
+                all,
             )
         };
         for batch in batches {
@@ -488,7 +489,11 @@ fn export_loop(shared: &Shared, sender: &Sender, runtime: &tokio::runtime::Handl
             report.export(&shared.settings.endpoint, batch.spans, result);
             shared.lock().queued -= batch.spans;
         }
-        deadline = Instant::now() + delay;
+        // The timer runs from the last time everything went, so batches that fill now and then
+        // do not hold back the open ones (of a quieter scope) for good.
+        if all {
+            deadline = Instant::now() + delay;
+        }
         let mut state = shared.lock();
         report.dropped(state.dropped);
         state.flushed = flush_to;
@@ -935,6 +940,43 @@ mod tests {
         let after = span_counts();
         assert_eq!(after.failed - before.failed, 3);
         assert_eq!(after.exported, before.exported);
+        exporter
+            .shutdown_with_timeout(Duration::from_secs(5))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_batch_that_does_not_fill_goes_after_the_schedule_delay() {
+        let _exporting = EXPORTING.lock().unwrap_or_else(|e| e.into_inner());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (addr, requests) = runtime.block_on(receiver(0));
+        let _enter = runtime.enter();
+        let exporter = Exporter::start(Settings {
+            endpoint: format!("http://{addr}"),
+            delay: Duration::from_millis(50),
+            ..settings(100, 10)
+        })
+        .unwrap();
+        let started = Instant::now();
+        exporter.on_end(spans()[1].clone());
+        // No flush: the timer sends the batch of one.
+        while requests.lock().unwrap().is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the span did not go"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            requests.lock().unwrap()[0].resource_spans[0].scope_spans[0]
+                .spans
+                .len(),
+            1
+        );
         exporter
             .shutdown_with_timeout(Duration::from_secs(5))
             .unwrap();
