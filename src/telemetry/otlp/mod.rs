@@ -706,6 +706,17 @@ mod tests {
     /// Held by the tests that export, which move the process-wide span counts.
     static EXPORTING: Mutex<()> = Mutex::new(());
 
+    /// For a test that exports: its turn at the span counts, and a runtime for the channel.
+    fn exporting() -> (MutexGuard<'static, ()>, tokio::runtime::Runtime) {
+        let turn = EXPORTING.lock().unwrap_or_else(|e| e.into_inner());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        (turn, runtime)
+    }
+
     /// Keeps every finished span.
     #[derive(Debug, Clone, Default)]
     struct Capture(Arc<Mutex<Vec<SpanData>>>);
@@ -923,12 +934,7 @@ mod tests {
 
     #[test]
     fn spans_of_a_failed_export_are_counted_as_failed() {
-        let _exporting = EXPORTING.lock().unwrap_or_else(|e| e.into_inner());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let (_exporting, runtime) = exporting();
         let _enter = runtime.enter();
         // Nothing listens on port 1 of the loopback: the connection is refused.
         let exporter = Exporter::start(settings(100, 10)).unwrap();
@@ -947,12 +953,7 @@ mod tests {
 
     #[test]
     fn a_batch_that_does_not_fill_goes_after_the_schedule_delay() {
-        let _exporting = EXPORTING.lock().unwrap_or_else(|e| e.into_inner());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let (_exporting, runtime) = exporting();
         let (addr, requests) = runtime.block_on(receiver(0));
         let _enter = runtime.enter();
         let exporter = Exporter::start(Settings {
@@ -984,12 +985,7 @@ mod tests {
 
     #[test]
     fn export_resumes_when_the_receiver_comes_up() {
-        let _exporting = EXPORTING.lock().unwrap_or_else(|e| e.into_inner());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let (_exporting, runtime) = exporting();
         let _enter = runtime.enter();
         // A port that was free a moment ago, with nothing listening on it yet.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -1064,13 +1060,8 @@ mod tests {
 
     #[test]
     fn a_flush_exports_to_a_live_receiver_and_stop_ends_the_thread() {
-        let _exporting = EXPORTING.lock().unwrap_or_else(|e| e.into_inner());
-        // A receiver that answers every export with OK and counts the bytes it got.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let (_exporting, runtime) = exporting();
+        // A receiver that answers every export with OK and keeps what it got.
         let (addr, requests) = runtime.block_on(receiver(0));
         let _enter = runtime.enter();
         let exporter = Exporter::start(Settings {
