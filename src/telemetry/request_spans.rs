@@ -99,21 +99,12 @@ pub fn request_phases(parent: &Context, queue: Duration, phases: Phases, run: &R
     let (Some(tracer), Some(started)) = (tracer(), run.started) else {
         return;
     };
-    let child = |name: &'static str, from: SystemTime, took: Duration, parent: &Context| {
-        let span = tracer
-            .span_builder(name)
-            .with_start_time(from)
-            .start_with_context(tracer, parent);
-        let context = parent.with_span(span);
-        context.span().end_with_timestamp(from + took);
-        context
-    };
-    child(
-        QUEUE,
-        started.checked_sub(queue).unwrap_or(started),
-        queue,
-        parent,
-    );
+    let queued = started.checked_sub(queue).unwrap_or(started);
+    tracer
+        .span_builder(QUEUE)
+        .with_start_time(queued)
+        .start_with_context(tracer, parent)
+        .end_with_timestamp(queued + queue);
     let mut execute = tracer
         .span_builder(EXECUTE)
         .with_start_time(started)
