@@ -118,6 +118,21 @@ async fn a_scrape_shows_exact_counts_per_model_and_version() {
         text.contains("# TYPE nv_inference_request_success counter"),
         "{text}"
     );
+    // Per arm, a request refused after routing is a failure too (the wrong datatype above).
+    let arm = |model: &str, version: &str, arm: &str, outcome: &str| {
+        value(
+            &text,
+            &format!(
+                "switchyard_routed_requests_total{{model=\"{model}\",version=\"{version}\",\
+                 arm=\"{arm}\",outcome=\"{outcome}\"}}"
+            ),
+        )
+    };
+    assert_eq!(arm("simple", "1", "default", "success"), ok);
+    assert_eq!(arm("simple", "1", "default", "failure"), 5.0 - ok);
+    assert_eq!(arm("classifier", "1", "named", "success"), 2.0);
+    assert_eq!(arm("classifier", "1", "named", "failure"), 0.0);
+    assert_eq!(arm("classifier", "2", "named", "success"), 1.0);
     server.stop().await;
 }
 

@@ -160,6 +160,84 @@ async fn sticky_keys_keep_their_version_across_restarts_and_only_move_to_the_can
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_counted_per_arm_and_outcome() {
+    let server = Server::start(versioned_with("weights:\n  \"1\": 50\n  \"2\": 50\n")).await;
+    let mut client = server.client().await;
+    // (version, arm, outcome) -> requests, as the client saw them.
+    let mut expected: HashMap<(u64, &str, &str), u64> = HashMap::new();
+    for i in 0..24 {
+        let keyed = with_key_parameter(request("versioned", i as f32), &format!("user-{i}"));
+        let version = served_version(&mut client, keyed, None).await.unwrap();
+        *expected.entry((version, "sticky", "success")).or_default() += 1;
+    }
+    for i in 0..12 {
+        let version = served_version(&mut client, request("versioned", i as f32), None)
+            .await
+            .unwrap();
+        *expected.entry((version, "random", "success")).or_default() += 1;
+    }
+    for i in 0..5 {
+        let mut named = request("versioned", i as f32);
+        named.model_version = "1".into();
+        assert_eq!(served_version(&mut client, named, None).await.unwrap(), 1);
+    }
+    expected.insert((1, "named", "success"), 5);
+    // Refused after routing (the input's type is wrong): a failure of the arm that brought it.
+    for _ in 0..2 {
+        let mut bad = request("versioned", 0.0);
+        bad.model_version = "2".into();
+        bad.inputs[0].datatype = "INT32".into();
+        let status = client.model_infer(bad).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
+    expected.insert((2, "named", "failure"), 2);
+    let mut traffic = server.traffic_client().await;
+    let pin = pb::PinRequest {
+        model: "versioned".into(),
+        version: "2".into(),
+    };
+    traffic.pin(pin).await.unwrap();
+    for i in 0..3 {
+        let keyed = with_key_parameter(request("versioned", i as f32), "user-0");
+        assert_eq!(served_version(&mut client, keyed, None).await.unwrap(), 2);
+    }
+    expected.insert((2, "pinned", "success"), 3);
+
+    let text = server.scrape().await;
+    let mut scraped: HashMap<(u64, String, String), u64> = HashMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("switchyard_routed_requests_total{") else {
+            continue;
+        };
+        let (labels, value) = rest.split_once("} ").unwrap();
+        let label = |name: &str| {
+            let start = labels.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+            labels[start..].split('"').next().unwrap().to_string()
+        };
+        assert_eq!(label("model"), "versioned", "{line}");
+        let value: f64 = value.parse().unwrap();
+        if value > 0.0 {
+            let key = (
+                label("version").parse().unwrap(),
+                label("arm"),
+                label("outcome"),
+            );
+            scraped.insert(key, value as u64);
+        }
+    }
+    let expected: HashMap<(u64, String, String), u64> = expected
+        .into_iter()
+        .map(|((v, arm, outcome), n)| ((v, arm.to_string(), outcome.to_string()), n))
+        .collect();
+    assert_eq!(scraped, expected, "{text}");
+    assert!(
+        text.contains("# TYPE switchyard_routed_requests_total counter"),
+        "{text}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_traffic_is_recorded_and_never_answers() {
     let yaml = "weights:\n  \"1\": 100\nshadow:\n  version: \"2\"\n  percent: 100\n";
     let server = Server::start(versioned_with(yaml)).await;

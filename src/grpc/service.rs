@@ -83,6 +83,11 @@ impl InferenceService {
             ),
         };
         let response = routed.version.infer(request).await;
+        routed
+            .version
+            .stats
+            .routed
+            .record(routed.kind, response.is_ok());
         if let Some(mirror) = mirror {
             mirror.primary_done(response.as_ref().map_err(|_| ()));
         }

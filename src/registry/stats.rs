@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::executor::Phases;
+use crate::routing::router::RouteKind;
 use crate::routing::shadow::ShadowStats;
 use crate::routing::stats::LatencyHistogram;
 
@@ -32,6 +33,25 @@ impl DurationStat {
             self.count.load(Ordering::Relaxed),
             self.nanos.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// Requests answered by a version, per route that brought them (the traffic arm) and outcome.
+/// Unlike Triton's success and failure counts, a request refused after routing (a bad input, a
+/// full queue, an open circuit) counts as a failure here: it is what the arm's callers saw.
+#[derive(Debug, Default)]
+pub struct RoutedCounts([[AtomicU64; 2]; RouteKind::ALL.len()]);
+
+impl RoutedCounts {
+    /// Counts one answered request.
+    pub fn record(&self, route: RouteKind, ok: bool) {
+        self.0[route.index()][usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (successes, failures) of the requests that `route` brought.
+    pub fn read(&self, route: RouteKind) -> (u64, u64) {
+        let [ok, failed] = &self.0[route.index()];
+        (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
     }
 }
 
@@ -64,6 +84,8 @@ pub struct VersionStats {
     pub latency: LatencyHistogram,
     /// What shadow traffic to this version found.
     pub shadow: ShadowStats,
+    /// Requests answered, per route and outcome.
+    pub routed: RoutedCounts,
 }
 
 /// The phases of one successful execution.

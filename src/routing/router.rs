@@ -47,7 +47,21 @@ pub enum RouteKind {
 }
 
 impl RouteKind {
-    /// The label used in traces.
+    /// Every kind, in the order of [`RouteKind::index`].
+    pub const ALL: [RouteKind; 5] = [
+        RouteKind::Named,
+        RouteKind::Pinned,
+        RouteKind::Sticky,
+        RouteKind::Random,
+        RouteKind::Default,
+    ];
+
+    /// The kind's position in [`RouteKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The label used in traces and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             RouteKind::Named => "named",

@@ -3,7 +3,7 @@
 //! `switchyard_*` for the model lifecycle, traffic shares, rollouts, shadow traffic and latency
 //! histograms; Triton's `nv_gpu_*` for each GPU's utilisation and memory. Values are read at scrape
 //! time from the counters the request path and the lifecycle already keep, and from NVML; labels
-//! are bounded (model, version, outcome, gpu_uuid).
+//! are bounded (model, version, arm, outcome, gpu_uuid).
 //!
 //! The text is written here rather than through a metrics crate because Triton's counter names
 //! carry no `_total` suffix, which the crates add to every counter.

@@ -1,5 +1,5 @@
-//! Traffic families: each ready version's share of requests naming none and queue depth, rollout
-//! phase and decisions, shadow outcomes, and a latency histogram per version.
+//! Traffic families: each ready version's share of requests naming none, queue depth and requests
+//! per arm, rollout phase and decisions, shadow outcomes, and a latency histogram per version.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::Family;
 use crate::registry::Registry;
 use crate::routing::policy::RolloutPhase;
+use crate::routing::router::RouteKind;
 
 /// Upper bounds of the latency histogram's buckets, in seconds. Each is a power-of-two number
 /// of microseconds (~0.5 ms to ~8.4 s), where the recorded histogram counts exactly.
@@ -44,6 +45,12 @@ pub(super) fn families(registry: &Registry) -> Vec<Family> {
         "gauge",
         "Requests waiting to run (in the batcher's queue or for a free instance)",
     );
+    let mut routed = Family::new(
+        "switchyard_routed_requests_total",
+        "counter",
+        "Requests each version answered, by the arm that brought them (named, pinned, sticky, \
+         random, default) and outcome (success, failure; refused after routing counts as failure)",
+    );
     let mut compared = Family::new(
         "switchyard_shadow_comparisons_total",
         "counter",
@@ -78,6 +85,19 @@ pub(super) fn families(registry: &Registry) -> Vec<Family> {
             };
             share.add(labels(), percent);
             pending.add(labels(), version.queue_depth() as f64);
+            // Only the arms that brought requests: a model is rarely pinned or named.
+            for route in RouteKind::ALL {
+                let (ok, failed) = version.stats.routed.read(route);
+                if ok + failed == 0 {
+                    continue;
+                }
+                for (outcome, value) in [("success", ok), ("failure", failed)] {
+                    let mut l = labels();
+                    l.push(("arm", route.as_str().into()));
+                    l.push(("outcome", outcome.into()));
+                    routed.add(l, value as f64);
+                }
+            }
             let s = &version.stats.shadow;
             let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
             let ok = load(&s.requests) - load(&s.errors);
@@ -127,7 +147,7 @@ pub(super) fn families(registry: &Registry) -> Vec<Family> {
         rollbacks.add(vec![("model", model)], counts.rollout_rollbacks as f64);
     }
     vec![
-        share, pending, phase, promotions, rollbacks, shadow, compared,
+        share, pending, routed, phase, promotions, rollbacks, shadow, compared,
     ]
 }
 
