@@ -61,18 +61,25 @@ bench_cleanup() {
 trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
 
+# bench_binary NAME: builds the bench target NAME (release) and prints its executable's path.
+bench_binary() {
+    local bin
+    bin=$(cargo bench --bench "$1" --no-run --message-format=json 2>/dev/null \
+        | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$1" | tail -1)
+    [[ -x $bin ]] || die "cannot build the $1 bench binary"
+    echo "$bin"
+}
+
 # start_otlp_sink DIR: builds and starts benches/otlp_sink.rs (a live OTLP/gRPC receiver that
 # counts spans) with its output in DIR; its PID goes to PIDS and its address to SINK_ADDR.
 # OTLP_SINK_DECODE=1 makes it decode every span in full, as a collector does.
 start_otlp_sink() {
     local dir=$1 sink
-    sink=$(cargo bench --bench otlp_sink --no-run --message-format=json 2>/dev/null \
-        | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "otlp_sink" and m.get("executable"):
-        print(m["executable"])' | tail -1)
-    [[ -x $sink ]] || die "cannot build the otlp_sink bench binary"
+    sink=$(bench_binary otlp_sink)
     local args=(--port 0)
     [[ ${OTLP_SINK_DECODE:-0} == 1 ]] && args+=(--decode)
     setsid "$sink" "${args[@]}" >"$dir/sink.out" 2>"$dir/sink.err" &

@@ -232,6 +232,15 @@ async fn a_batch_span_links_every_request_it_served(otlp: &Otlp, server: &Server
         let (queue, execute) = (in_trace("queue"), in_trace("execute"));
         assert_eq!(queue.parent_span_id, request.span_id);
         assert_eq!(execute.parent_span_id, request.span_id);
+        for child in [queue, execute] {
+            assert_eq!(child.kind, 1, "SPAN_KIND_INTERNAL");
+            // Sampled, under a local parent: the remote flag is known and clear.
+            assert_eq!(child.flags, 0x101, "{child:?}");
+            assert_eq!(child.span_id.len(), 8);
+            assert!(child.span_id.iter().any(|&b| b != 0));
+            assert_ne!(child.span_id, request.span_id);
+        }
+        assert_ne!(queue.span_id, execute.span_id);
         assert_eq!(execute.links.len(), 1);
         assert_eq!(
             execute.links[0].span_id, batch.span_id,

@@ -9,7 +9,8 @@ mod service;
 mod statistics;
 mod status;
 mod telemetry;
-mod trace;
+/// Request spans; public for `benches/span_cost.rs`.
+pub mod trace;
 mod trace_setting;
 mod traffic;
 

@@ -15,13 +15,15 @@ use opentelemetry::propagation::{Extractor, TextMapCompositePropagator, TextMapP
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use tonic::metadata::{KeyRef, MetadataMap};
+use tonic::metadata::{Ascii, KeyRef, MetadataKey, MetadataMap};
 
 use crate::registry::Routed;
 use crate::telemetry::request_spans;
 
-/// Metadata keys the propagator reads; a request with none of them starts a new trace.
-const PROPAGATED: [&str; 3] = ["traceparent", "tracestate", "baggage"];
+/// Metadata keys the propagator reads; a request with none of them starts a new trace. Made
+/// once, so that looking them up does not parse the names on every request.
+static PROPAGATED: LazyLock<[MetadataKey<Ascii>; 3]> =
+    LazyLock::new(|| ["traceparent", "tracestate", "baggage"].map(MetadataKey::from_static));
 
 static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(|| {
     TextMapCompositePropagator::new(vec![
@@ -59,7 +61,7 @@ impl RequestTrace {
         let Some(tracer) = request_spans::tracer() else {
             return RequestTrace(None);
         };
-        let parent = if PROPAGATED.iter().any(|key| metadata.contains_key(*key)) {
+        let parent = if PROPAGATED.iter().any(|key| metadata.contains_key(key)) {
             PROPAGATOR.extract(&MetadataExtractor(metadata))
         } else {
             Context::new()

@@ -3,20 +3,23 @@
 //! runs): a `queue` child for the wait, an `execute` child for its execution (the compute phases — input, infer, output — as its events
 //! and attributes), and one `batch` span per executed batch, linked to every request span it served
 //! (and each `execute` span linked back to its batch). The scheduler and the instances measure
-//! these times anyway; the spans are made afterwards with the OpenTelemetry API and explicit
-//! timestamps, so nothing is held open across threads and nothing at all happens while trace
-//! export is off.
+//! these times anyway; the spans are made afterwards with explicit timestamps, so nothing is held
+//! open across threads and nothing at all happens while trace export is off. The batch span goes
+//! through the SDK (it starts a trace, so the sampler decides); a request's `queue` and `execute`
+//! spans are built finished and handed straight to the exporter.
 
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use opentelemetry::trace::{Link, Span as _, SpanContext, SpanKind, TraceContextExt, Tracer as _};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::trace::SdkTracer;
+use opentelemetry::trace::{
+    Event, Link, Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, Tracer as _,
+};
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{SdkTracer, SpanData, SpanEvents, SpanLinks};
 
 use crate::executor::Phases;
 
-use super::tracing::enabled;
+use super::tracing::{enabled, export_finished};
 
 /// The span of one executed batch.
 pub const BATCH: &str = "batch";
@@ -25,15 +28,20 @@ pub const QUEUE: &str = "queue";
 /// A request's execution.
 pub const EXECUTE: &str = "execute";
 
-static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+static TRACER: OnceLock<(SdkTracer, InstrumentationScope)> = OnceLock::new();
 
-/// Gives the module the tracer of the running exporter (the first call wins).
-pub fn install(tracer: SdkTracer) {
-    let _ = TRACER.set(tracer);
+/// Gives the module the tracer of the running exporter and its instrumentation scope (the first
+/// call wins).
+pub fn install(tracer: SdkTracer, scope: InstrumentationScope) {
+    let _ = TRACER.set((tracer, scope));
 }
 
 /// The tracer, while trace export is on.
 pub(crate) fn tracer() -> Option<&'static SdkTracer> {
+    installed().map(|(tracer, _)| tracer)
+}
+
+fn installed() -> Option<&'static (SdkTracer, InstrumentationScope)> {
     if enabled() { TRACER.get() } else { None }
 }
 
@@ -95,45 +103,78 @@ pub fn batch(
 }
 
 /// Records a request's `queue` and `execute` spans (with the compute phases) under `parent`.
+///
+/// Both spans are over when they are made, and a span under a sampled local parent is always
+/// sampled, so they are built as finished spans and handed to the exporter directly: the SDK's
+/// span builder, sampler and live span would add nothing but their cost to every request.
 pub fn request_phases(parent: &Context, queue: Duration, phases: Phases, run: &RunInfo) {
-    let (Some(tracer), Some(started)) = (tracer(), run.started) else {
+    let (Some((_, scope)), Some(started)) = (installed(), run.started) else {
         return;
     };
+    let parent = parent.span().span_context().clone();
+    if !parent.is_sampled() {
+        return;
+    }
     let queued = started.checked_sub(queue).unwrap_or(started);
-    tracer
-        .span_builder(QUEUE)
-        .with_start_time(queued)
-        .start_with_context(tracer, parent)
-        .end_with_timestamp(queued + queue);
-    let mut execute = tracer
-        .span_builder(EXECUTE)
-        .with_start_time(started)
-        .with_links(
-            run.batch_span
-                .iter()
-                .cloned()
-                .map(Link::with_context)
-                .collect(),
-        )
-        .with_attributes([
-            KeyValue::new("batch.size", run.batch_size as i64),
-            KeyValue::new("instance", run.instance as i64),
-            KeyValue::new("compute.input_us", micros(phases.input)),
-            KeyValue::new("compute.infer_us", micros(phases.infer)),
-            KeyValue::new("compute.output_us", micros(phases.output)),
-        ])
-        .start_with_context(tracer, parent);
+    let child = |name: &'static str, start: SystemTime, end: SystemTime| SpanData {
+        span_context: SpanContext::new(
+            parent.trace_id(),
+            new_span_id(),
+            parent.trace_flags(),
+            false,
+            parent.trace_state().clone(),
+        ),
+        parent_span_id: parent.span_id(),
+        parent_span_is_remote: false,
+        span_kind: SpanKind::Internal,
+        name: name.into(),
+        start_time: start,
+        end_time: end,
+        attributes: Vec::new(),
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: Status::Unset,
+        instrumentation_scope: scope.clone(),
+    };
+    export_finished(child(QUEUE, queued, queued + queue));
+
+    let mut execute = child(EXECUTE, started, started);
+    execute.attributes = vec![
+        KeyValue::new("batch.size", run.batch_size as i64),
+        KeyValue::new("instance", run.instance as i64),
+        KeyValue::new("compute.input_us", micros(phases.input)),
+        KeyValue::new("compute.infer_us", micros(phases.infer)),
+        KeyValue::new("compute.output_us", micros(phases.output)),
+    ];
+    execute.links.links = run
+        .batch_span
+        .iter()
+        .cloned()
+        .map(Link::with_context)
+        .collect();
     // The phases as events at the instants they began: cheaper than a span each.
     let mut at = started;
-    for (name, took) in [
+    execute.events.events = [
         ("compute.input", phases.input),
         ("compute.infer", phases.infer),
         ("compute.output", phases.output),
-    ] {
-        execute.add_event_with_timestamp(name, at, Vec::new());
+    ]
+    .into_iter()
+    .map(|(name, took)| {
+        let event = Event::new(name, at, Vec::new(), 0);
         at += took;
-    }
-    execute.end_with_timestamp(at);
+        event
+    })
+    .collect();
+    execute.end_time = at;
+    export_finished(execute);
+}
+
+/// A span id for a span made here: random and never the invalid all-zero id, as the SDK's id
+/// generator makes them.
+fn new_span_id() -> SpanId {
+    SpanId::from_bytes(fastrand::u64(1..).to_be_bytes())
 }
 
 fn micros(d: Duration) -> i64 {

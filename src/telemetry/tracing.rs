@@ -18,7 +18,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
 
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::trace::{Link, SpanKind, TraceId, TracerProvider as _};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{
     Sampler, SamplingDecision, SamplingResult, SdkTracer, SdkTracerProvider, ShouldSample,
@@ -214,11 +214,8 @@ struct Switch {
 struct SwitchProcessor(Arc<Switch>);
 
 impl SpanProcessor for SwitchProcessor {
-    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
-        if let Some(p) = self.0.current.load().as_ref() {
-            p.on_start(span, cx);
-        }
-    }
+    /// The exporter only looks at spans once they end.
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
         if let Some(p) = self.0.current.load().as_ref() {
@@ -246,6 +243,16 @@ impl SpanProcessor for SwitchProcessor {
 }
 
 static SWITCH: OnceLock<Arc<Switch>> = OnceLock::new();
+
+/// Hands a span made without the SDK (see `request_spans`) to the exporter in place now, as the
+/// provider hands it the spans it ends.
+pub(crate) fn export_finished(span: SpanData) {
+    if let Some(switch) = SWITCH.get()
+        && let Some(p) = switch.current.load().as_ref()
+    {
+        p.on_end(span);
+    }
+}
 
 /// The OTLP/gRPC endpoint spans go to now, if export is on.
 pub fn exporter_endpoint() -> Option<String> {
@@ -319,8 +326,9 @@ impl Tracing {
             .with_sampler(Gate::new())
             .with_resource(Resource::builder().with_service_name("switchyard").build())
             .build();
-        let tracer = provider.tracer("switchyard");
-        super::request_spans::install(tracer.clone());
+        let scope = InstrumentationScope::builder("switchyard").build();
+        let tracer = provider.tracer_with_scope(scope.clone());
+        super::request_spans::install(tracer.clone(), scope);
         RATIO.store(ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
         START_RATIO.store(ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
         set_exporter(endpoint).map_err(|e| e.to_string())?;

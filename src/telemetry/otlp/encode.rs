@@ -84,20 +84,22 @@ fn fixed32(buf: &mut Vec<u8>, field: u32, value: u32) {
 }
 
 /// A message field: `body` writes its contents after the key, and the length goes in between.
+/// One byte is kept for the length, which is all that a body under 128 bytes needs (most are:
+/// attributes, events, links, statuses); a longer body is moved to make room for the rest.
 fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
     key(buf, field, LEN);
-    let start = buf.len();
+    let at = buf.len();
+    buf.push(0);
     body(buf);
-    let mut len = (buf.len() - start) as u64;
-    let mut prefix = [0u8; 10];
-    let mut n = 0;
-    while len >= 0x80 {
-        prefix[n] = (len as u8) | 0x80;
-        len >>= 7;
-        n += 1;
+    let len = (buf.len() - at - 1) as u64;
+    if len < 0x80 {
+        buf[at] = len as u8;
+        return;
     }
-    prefix[n] = len as u8;
-    buf.splice(start..start, prefix[..=n].iter().copied());
+    let mut prefix = Vec::with_capacity(10);
+    varint(&mut prefix, len);
+    buf[at] = prefix[0];
+    buf.splice(at + 1..at + 1, prefix[1..].iter().copied());
 }
 
 fn nanos(time: SystemTime) -> u64 {
@@ -306,5 +308,28 @@ mod tests {
         // key 15/LEN, length 203 (two bytes), then the inner field: key 2/LEN, 200 (two bytes).
         assert_eq!(&buf[..5], &[0x7A, 0xCB, 0x01, 0x12, 0xC8]);
         assert_eq!(buf.len(), 1 + 2 + 1 + 2 + 200);
+    }
+
+    #[test]
+    fn a_length_takes_a_second_byte_from_128_bytes_on() {
+        for (body, prefix) in [
+            (0usize, vec![0x00]),
+            (127, vec![0x7F]),
+            (128, vec![0x80, 0x01]),
+            (300, vec![0xAC, 0x02]),
+            (16_384, vec![0x80, 0x80, 0x01]),
+        ] {
+            let mut buf = vec![0xEE];
+            message(&mut buf, 1, |buf| buf.extend((0..body).map(|i| i as u8)));
+            assert_eq!(buf[0], 0xEE);
+            assert_eq!(buf[1], 0x0A, "key 1/LEN");
+            assert_eq!(buf[2..2 + prefix.len()], prefix[..], "{body}");
+            let rest = &buf[2 + prefix.len()..];
+            assert_eq!(rest.len(), body);
+            assert!(
+                rest.iter().enumerate().all(|(i, &b)| b == i as u8),
+                "{body}"
+            );
+        }
     }
 }
