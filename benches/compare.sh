@@ -71,16 +71,7 @@ if [[ -z ${COMPARE_SKIP_BUILD:-} ]]; then
     log "cargo build --release"
     cargo build --release
     log "cargo bench --bench bare_tonic --no-run"
-    BARE=$(cargo bench --bench bare_tonic --no-run --message-format=json |
-        python3 -c '
-import json, sys
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "bare_tonic" and m.get("executable"):
-        print(m["executable"])')
+    BARE=$(bench_binary bare_tonic)
 else
     BARE=${COMPARE_BARE_BIN:-$(ls -t "$ROOT"/target/release/deps/bare_tonic-* 2>/dev/null | grep -v '\.d$' | head -1)}
 fi
