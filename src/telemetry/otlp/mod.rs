@@ -251,6 +251,16 @@ struct Shared {
 }
 
 impl Shared {
+    /// Nothing queued yet.
+    fn new(settings: Settings) -> Shared {
+        Shared {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+            settings,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -347,12 +357,7 @@ impl Exporter {
             headers: settings.headers.clone(),
             timeout: settings.export_timeout,
         };
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            work: Condvar::new(),
-            progress: Condvar::new(),
-            settings,
-        });
+        let shared = Arc::new(Shared::new(settings));
         let worker = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
@@ -878,12 +883,7 @@ mod tests {
 
     #[test]
     fn full_batches_are_handed_over_and_a_full_queue_drops_and_counts() {
-        let shared = Shared {
-            state: Mutex::new(State::default()),
-            work: Condvar::new(),
-            progress: Condvar::new(),
-            settings: settings(5, 2),
-        };
+        let shared = Shared::new(settings(5, 2));
         let a = InstrumentationScope::builder("a").build();
         let b = InstrumentationScope::builder("b").build();
         let pushed: Vec<bool> = [&a, &a, &b, &a, &b, &a, &a]
@@ -911,12 +911,7 @@ mod tests {
 
     #[test]
     fn a_batch_is_handed_over_once_its_spans_reach_the_byte_limit() {
-        let shared = Shared {
-            state: Mutex::new(State::default()),
-            work: Condvar::new(),
-            progress: Condvar::new(),
-            settings: settings(100, 50),
-        };
+        let shared = Shared::new(settings(100, 50));
         let scope = InstrumentationScope::builder("a").build();
         let big = vec![7u8; MAX_EXPORT_BYTES / 3];
         for _ in 0..4 {
